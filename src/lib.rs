@@ -1,0 +1,13 @@
+//! webqwen: Qwen3 language models (official MLX releases, dense and MoE) on WebGPU, natively
+//! through wgpu and in browsers through wasm. See README.md and ARCHITECTURE.md.
+
+pub mod config;
+pub mod error;
+pub mod gpu;
+pub mod model;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub mod engine;
+pub mod sample;

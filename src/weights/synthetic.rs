@@ -1,0 +1,136 @@
+//! Random 4-bit weights of the real Qwen3 shapes, generated on the fly: `bench --synthetic` runs
+//! anywhere without downloads, and `synth` writes the same bytes out as an MLX model directory.
+//! Values are scaled so activations stay O(1) (codes uniform in 0..15, bias = -7.5 * scale).
+
+use super::{ByteSource, DType, TensorEntry, WeightIndex};
+use crate::error::{Error, Result};
+
+pub const SHAPES: &[&str] = &["0.6b", "1.7b", "4b", "8b"];
+
+/// config.json of a synthetic model (official shapes, 4-bit group 64).
+pub fn config_json(shape: &str) -> Result<String> {
+    let (hidden, layers, heads, kv, inter, tied, theta) = match shape {
+        "0.6b" => (1024, 28, 16, 8, 3072, true, 1e6),
+        "1.7b" => (2048, 28, 16, 8, 6144, true, 1e6),
+        "4b" => (2560, 36, 32, 8, 9728, true, 1e6),
+        "8b" => (4096, 36, 32, 8, 12288, false, 1e6),
+        other => {
+            return Err(Error::Invalid(format!("unknown synthetic shape {other:?} (choose one of {})", SHAPES.join(", "))))
+        }
+    };
+    Ok(serde_json::json!({
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "vocab_size": 151936,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": 128,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": theta,
+        "max_position_embeddings": 40960,
+        "tie_word_embeddings": tied,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "torch_dtype": "bfloat16",
+        "quantization": {"group_size": 64, "bits": 4, "mode": "affine"},
+        "quantization_config": {"group_size": 64, "bits": 4, "mode": "affine"},
+    })
+    .to_string())
+}
+
+#[derive(Clone, Copy)]
+enum Fill {
+    Codes,
+    /// bf16 scale for a row of `cols` inputs.
+    Scale(f32),
+    Bias(f32),
+    Ones,
+}
+
+pub struct SyntheticSource {
+    /// (start, len, fill), sorted by start.
+    regions: Vec<(u64, u64, Fill)>,
+}
+
+/// Index and byte source of a synthetic model with the given config (one virtual file).
+pub fn synthetic(config: &crate::config::ModelConfig) -> (WeightIndex, SyntheticSource) {
+    let c = config;
+    let mut index = WeightIndex { files: vec!["synthetic".into()], ..Default::default() };
+    let mut regions = Vec::new();
+    let mut at = 0u64;
+    let mut add = |name: String, dtype: DType, shape: Vec<usize>, fill: Fill| {
+        let len = shape.iter().product::<usize>() as u64 * dtype.size() as u64;
+        index.tensors.insert(name, TensorEntry { file: 0, dtype, shape, start: at, len });
+        regions.push((at, len, fill));
+        at += len;
+    };
+    let linear = |add: &mut dyn FnMut(String, DType, Vec<usize>, Fill), path: String, rows: usize, cols: usize| {
+        let scale = 1.0 / (4.6 * (cols as f32).sqrt());
+        add(format!("{path}.weight"), DType::U32, vec![rows, cols / 8], Fill::Codes);
+        add(format!("{path}.scales"), DType::BF16, vec![rows, cols / 64], Fill::Scale(scale));
+        add(format!("{path}.biases"), DType::BF16, vec![rows, cols / 64], Fill::Bias(-7.5 * scale));
+    };
+    let (h, q, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    linear(&mut add, "model.embed_tokens".into(), c.vocab_size, h);
+    for l in 0..c.num_layers {
+        let p = format!("model.layers.{l}");
+        add(format!("{p}.input_layernorm.weight"), DType::BF16, vec![h], Fill::Ones);
+        add(format!("{p}.post_attention_layernorm.weight"), DType::BF16, vec![h], Fill::Ones);
+        add(format!("{p}.self_attn.q_norm.weight"), DType::BF16, vec![c.head_dim], Fill::Ones);
+        add(format!("{p}.self_attn.k_norm.weight"), DType::BF16, vec![c.head_dim], Fill::Ones);
+        linear(&mut add, format!("{p}.self_attn.q_proj"), q, h);
+        linear(&mut add, format!("{p}.self_attn.k_proj"), kv, h);
+        linear(&mut add, format!("{p}.self_attn.v_proj"), kv, h);
+        linear(&mut add, format!("{p}.self_attn.o_proj"), h, q);
+        linear(&mut add, format!("{p}.mlp.gate_proj"), c.intermediate_size, h);
+        linear(&mut add, format!("{p}.mlp.up_proj"), c.intermediate_size, h);
+        linear(&mut add, format!("{p}.mlp.down_proj"), h, c.intermediate_size);
+    }
+    add("model.norm.weight".into(), DType::BF16, vec![h], Fill::Ones);
+    if !c.tie_word_embeddings {
+        linear(&mut add, "lm_head".into(), c.vocab_size, h);
+    }
+    (index, SyntheticSource { regions })
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+impl ByteSource for SyntheticSource {
+    fn read(&mut self, _file: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let i = self.regions.partition_point(|r| r.0 <= offset).saturating_sub(1);
+        let (start, len, fill) = self.regions[i];
+        if offset + buf.len() as u64 > start + len {
+            return Err(Error::Invalid("synthetic reads must stay within one tensor".into()));
+        }
+        match fill {
+            Fill::Codes => {
+                // 8 random bytes per 8-byte-aligned word, so any sub-range reads the same bytes.
+                for (k, b) in buf.iter_mut().enumerate() {
+                    let at = offset + k as u64;
+                    *b = (splitmix(at / 8) >> ((at % 8) * 8)) as u8;
+                }
+            }
+            Fill::Scale(v) | Fill::Bias(v) => {
+                let bytes = half::bf16::from_f32(v).to_le_bytes();
+                for (k, b) in buf.iter_mut().enumerate() {
+                    *b = bytes[((offset - start) as usize + k) % 2];
+                }
+            }
+            Fill::Ones => {
+                let bytes = half::bf16::from_f32(1.0).to_le_bytes();
+                for (k, b) in buf.iter_mut().enumerate() {
+                    *b = bytes[((offset - start) as usize + k) % 2];
+                }
+            }
+        }
+        Ok(())
+    }
+}
