@@ -10,13 +10,14 @@
 //   HEAD: the token rows come from step.head_offset/head_rows (lm_head on selected positions)
 //         instead of 0..step.n_tokens.
 // Entry points and dispatch shapes:
-//   matvec: one token. 256 threads = 8 rows x 32 lanes; lanes stride over 32-input blocks.
-//           grid: ceil(rows / 8) workgroups, spilled into y past 65535.
+//   matvec: one token. 256 threads = (256 / LANES) rows x LANES lanes; lanes stride over 32-input
+//           blocks (LANES = min(32, blocks per row rounded up to a power of two), so short rows
+//           do not leave lanes idle). grid: ceil(rows / (256 / LANES)), spilled into y past 65535.
 //   matmul: many tokens. A 32-token x TILE_R-row output tile per workgroup; the K loop stages a
 //           32-wide slice of x and of the dequantized W in workgroup memory (12 KiB).
 //           grid: (ceil(rows / TILE_R), ceil(T / 32)).
 // Prepended constants: WFMT (0 affine, 1 bf16, 2 f16, 3 f32), BITS, GROUP, SFMT (0 bf16, 1 f16,
-// 2 f32), K, BLOCK_WORDS (u32 words per 32 inputs of a row), DUAL, ADD, HEAD.
+// 2 f32), K, BLOCK_WORDS (u32 words per 32 inputs of a row), LANES, DUAL, ADD, HEAD.
 
 struct Step { pos: u32, n_tokens: u32, step: u32, head_offset: u32, head_rows: u32, p0: u32, p1: u32, p2: u32 };
 struct Piece { col0: u32, rows: u32, out_stride: u32, p0: u32 };
@@ -118,14 +119,14 @@ var<workgroup> red2: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn matvec(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let lane = lid & 31u;
-    let row = (wid.x + wid.y * nwg.x) * 8u + (lid >> 5u);
+    let lane = lid % LANES;
+    let row = (wid.x + wid.y * nwg.x) * (256u / LANES) + lid / LANES;
     let live = row < piece.rows;
     let xrow = first_row() * (K / 4u);
     var acc = 0.0;
     var acc2 = 0.0;
     if (live) {
-        for (var b = lane; b < BLOCKS; b += 32u) {
+        for (var b = lane; b < BLOCKS; b += LANES) {
             var xb: array<vec4<f32>, 8>;
             for (var j = 0u; j < 8u; j++) { xb[j] = x[xrow + b * 8u + j]; }
             acc += block_dot(0u, row, b, &xb);
@@ -135,7 +136,7 @@ fn matvec(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid:
     red[lid] = acc;
     red2[lid] = acc2;
     workgroupBarrier();
-    for (var s = 16u; s > 0u; s >>= 1u) {
+    for (var s = LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
             red[lid] += red[lid + s];
             if (DUAL) { red2[lid] += red2[lid + s]; }

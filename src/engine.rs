@@ -143,11 +143,18 @@ impl Engine {
 
     /// Teacher-forced logits of every position: `[tokens.len(), vocab]` row-major.
     pub async fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(tokens.len() * self.model.config.vocab_size);
+        self.logits_with(tokens, &mut |_, rows| out.extend_from_slice(rows)).await?;
+        Ok(out)
+    }
+
+    /// Teacher-forced logits, handed over a few rows at a time (`on_rows(first_row, rows)`), so
+    /// long inputs never need a `[T, vocab]` buffer on either side.
+    pub async fn logits_with(&mut self, tokens: &[u32], on_rows: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         self.check_ids(tokens)?;
         self.check_fits(tokens.len())?;
         self.cached.clear();
         let vocab = self.model.config.vocab_size;
-        let mut out = Vec::with_capacity(tokens.len() * vocab);
         let mut pos = 0;
         for chunk in tokens.chunks(self.model.chunk) {
             let n = chunk.len() as u32;
@@ -160,13 +167,13 @@ impl Engine {
                 self.write_step(Step { pos: pos as u32, n_tokens: n, head_offset: h0, head_rows: hn, ..Default::default() });
                 self.submit(|m, pass| m.encode_head(pass, n, hn));
                 let bytes = self.gpu.read_back(self.model.logits_buffer(), 0, hn as u64 * vocab as u64 * 4).await?;
-                out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&bytes));
+                on_rows(pos + h0 as usize, bytemuck::cast_slice::<u8, f32>(&bytes));
                 h0 += hn;
             }
             pos += chunk.len();
             self.cached.extend_from_slice(chunk);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn submit(&mut self, f: impl FnOnce(&Qwen3, &mut wgpu::ComputePass<'_>)) -> wgpu::SubmissionIndex {
@@ -296,4 +303,33 @@ impl Engine {
     async fn read_token(&self, slot: usize, after: wgpu::SubmissionIndex) -> Result<Vec<u8>> {
         self.gpu.map_read_after(&self.readback[slot], Some(after)).await
     }
+}
+
+/// Mean negative log-likelihood of `tokens` (every position after the first of each window
+/// scored) and the number of scored positions. Texts longer than the context are scored in
+/// consecutive, non-overlapping windows of the context length.
+pub async fn perplexity(engine: &mut Engine, tokens: &[u32]) -> Result<(f64, usize)> {
+    let vocab = engine.model.config.vocab_size;
+    let mut total = 0.0f64;
+    let mut count = 0usize;
+    for window in tokens.chunks(engine.model.context) {
+        engine
+            .logits_with(window, &mut |first, rows| {
+                for (i, row) in rows.chunks_exact(vocab).enumerate() {
+                    let t = first + i;
+                    if t + 1 >= window.len() {
+                        continue;
+                    }
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+                    total += lse - row[window[t + 1] as usize] as f64;
+                    count += 1;
+                }
+            })
+            .await?;
+    }
+    if count == 0 {
+        return Err(Error::Invalid("nothing to score: need at least 2 tokens".into()));
+    }
+    Ok((total / count as f64, count))
 }

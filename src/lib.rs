@@ -11,3 +11,10 @@ pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub mod engine;
 pub mod sample;
+pub mod bench;
+pub mod npy;
+pub mod session;
+pub mod tokenizer;
+pub mod chat;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod hub;

@@ -215,6 +215,11 @@ pub struct MatmulKernels {
 pub const MATMUL_SOURCE: &str = include_str!("../../shaders/matmul.wgsl");
 pub const MATMUL_TILE_T: u32 = 32;
 
+/// Lanes that share one row in `matvec`: enough for the row's 32-input blocks, at most 32.
+pub fn matvec_lanes(k: usize) -> u32 {
+    (k.div_ceil(32) as u32).next_power_of_two().min(32)
+}
+
 pub fn matmul_tile_rows(dual: bool) -> u32 {
     if dual { 32 } else { 64 }
 }
@@ -246,6 +251,7 @@ impl MatmulKernels {
                         .u32("SFMT", sfmt)
                         .u32("K", k as u32)
                         .u32("BLOCK_WORDS", block_words)
+                        .u32("LANES", matvec_lanes(k))
                         .bool("DUAL", dual)
                         .bool("ADD", add)
                         .bool("HEAD", head)

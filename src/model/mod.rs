@@ -300,6 +300,12 @@ impl Qwen3 {
         out
     }
 
+    /// Weight bytes the decode kernels read per token, counted op by op as they were recorded.
+    pub fn decode_weight_reads(&self) -> u64 {
+        let norms: u64 = self.norms.iter().map(|n| n.2 as u64 * 4).sum();
+        self.ops.weight_reads_per_token + norms
+    }
+
     pub fn token_buffer(&self) -> &wgpu::Buffer {
         &self.act.tokens
     }

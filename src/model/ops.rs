@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::linear::{matmul_tile_rows, Matrix, MatmulKernels, MATMUL_TILE_T};
+use super::linear::{matmul_tile_rows, matvec_lanes, Matrix, MatmulKernels, MATMUL_TILE_T};
 use crate::error::Result;
 use crate::gpu::{grid, Binding, Gpu, Kernel, KernelBuilder};
 
@@ -26,7 +26,7 @@ pub struct Step {
 #[derive(Clone, Copy, Debug)]
 enum Grid {
     /// A matrix piece: matvec for one token, tiled matmul for more.
-    Linear { rows: u32, dual: bool },
+    Linear { rows: u32, dual: bool, lanes: u32 },
     Gather { cols: u32 },
     /// One workgroup per token row.
     PerToken,
@@ -60,12 +60,15 @@ pub struct Ops {
     dummy: wgpu::Buffer,
     pub matmuls: MatmulKernels,
     ops: Vec<Op>,
+    /// Weight bytes the recorded ops read for one token (a matvec reads its whole piece, a
+    /// gather one row).
+    pub weight_reads_per_token: u64,
 }
 
 impl Ops {
     pub fn new(gpu: Arc<Gpu>, step: wgpu::Buffer) -> Result<Ops> {
         let dummy = gpu.storage("unused binding", 16)?;
-        Ok(Ops { gpu, step, dummy, matmuls: MatmulKernels::default(), ops: Vec::new() })
+        Ok(Ops { gpu, step, dummy, matmuls: MatmulKernels::default(), ops: Vec::new(), weight_reads_per_token: 0 })
     }
 
     pub fn len(&self) -> usize {
@@ -85,19 +88,21 @@ impl Ops {
     /// `y[:, col0 .. col0 + m.rows] (+)= x @ m^T`, one dispatch per piece.
     pub fn linear(&mut self, m: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, col0: usize, out_stride: usize, out: Out, head: bool) {
         let kernel = self.matmuls.get(&self.gpu, m.format, m.cols, false, out == Out::Add, head);
+        self.weight_reads_per_token += m.bytes();
         for p in &m.pieces {
             let params = self.piece_uniform(col0 + p.row_start, p.rows, out_stride);
             let s = p.scales.as_ref().unwrap_or(&self.dummy);
             let b = p.biases.as_ref().unwrap_or(&self.dummy);
             let d = &self.dummy;
             let bind = kernel.bind(&self.gpu, &[&self.step, &params, x, y, &p.weight, s, b, d, d, d]);
-            self.ops.push(Op { kernel: kernel.clone(), entry: "", bind, grid: Grid::Linear { rows: p.rows as u32, dual: false }, head });
+            self.ops.push(Op { kernel: kernel.clone(), entry: "", bind, grid: Grid::Linear { rows: p.rows as u32, dual: false, lanes: matvec_lanes(m.cols) }, head });
         }
     }
 
     /// `y = silu(x @ gate^T) * (x @ up^T)` in one pass; gate and up must share format and pieces.
     pub fn linear_swiglu(&mut self, gate: &Matrix, up: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer) {
         let kernel = self.matmuls.get(&self.gpu, gate.format, gate.cols, true, false, false);
+        self.weight_reads_per_token += gate.bytes() + up.bytes();
         for (g, u) in gate.pieces.iter().zip(&up.pieces) {
             let params = self.piece_uniform(g.row_start, g.rows, gate.rows);
             let d = &self.dummy;
@@ -116,13 +121,14 @@ impl Ops {
                     u.biases.as_ref().unwrap_or(d),
                 ],
             );
-            self.ops.push(Op { kernel: kernel.clone(), entry: "", bind, grid: Grid::Linear { rows: g.rows as u32, dual: true }, head: false });
+            self.ops.push(Op { kernel: kernel.clone(), entry: "", bind, grid: Grid::Linear { rows: g.rows as u32, dual: true, lanes: matvec_lanes(gate.cols) }, head: false });
         }
     }
 
     /// Embedding lookup: rows `tokens[t]` of `m` into `y[t, :]`.
     pub fn gather(&mut self, m: &Matrix, tokens: &wgpu::Buffer, y: &wgpu::Buffer) {
         let kernel = self.matmuls.get(&self.gpu, m.format, m.cols, false, false, false);
+        self.weight_reads_per_token += m.bytes() / m.rows as u64;
         for p in &m.pieces {
             let params = self.piece_uniform(p.row_start, p.rows, m.cols);
             let s = p.scales.as_ref().unwrap_or(&self.dummy);
@@ -151,12 +157,11 @@ impl Ops {
         for op in &self.ops[range] {
             let t = if op.head { head_rows } else { n_tokens };
             let (entry, x, y) = match op.grid {
-                Grid::Linear { rows, dual } if t == 1 => {
-                    let (x, y) = grid(rows.div_ceil(8));
-                    let _ = dual;
+                Grid::Linear { rows, lanes, .. } if t == 1 => {
+                    let (x, y) = grid(rows.div_ceil(256 / lanes));
                     ("matvec", x, y)
                 }
-                Grid::Linear { rows, dual } => ("matmul", rows.div_ceil(matmul_tile_rows(dual)), t.div_ceil(MATMUL_TILE_T)),
+                Grid::Linear { rows, dual, .. } => ("matmul", rows.div_ceil(matmul_tile_rows(dual)), t.div_ceil(MATMUL_TILE_T)),
                 Grid::Gather { cols } => ("gather", cols.div_ceil(256), t),
                 Grid::PerToken => (op.entry, t, 1),
                 Grid::PerTokenSlots(n) => (op.entry, n, t),

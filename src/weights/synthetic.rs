@@ -134,3 +134,53 @@ impl ByteSource for SyntheticSource {
         Ok(())
     }
 }
+
+/// Write a synthetic model as an MLX model directory: config.json, model.safetensors (streamed
+/// tensor by tensor), and the tokenizer files copied from `tokenizer_dir`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_model_dir(shape: &str, out: &std::path::Path, tokenizer_dir: &std::path::Path) -> Result<u64> {
+    use std::io::Write;
+    let io = |p: &std::path::Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
+    let config_text = config_json(shape)?;
+    let config = crate::config::ModelConfig::from_json(&config_text)?;
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        let src = tokenizer_dir.join(f);
+        std::fs::copy(&src, out.join(f)).map_err(|e| io(&src, e))?;
+    }
+    let pretty: serde_json::Value = serde_json::from_str(&config_text).expect("generated config is JSON");
+    let cfg_path = out.join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&pretty).unwrap()).map_err(|e| io(&cfg_path, e))?;
+    let (index, mut source) = synthetic(&config);
+    let mut tensors: Vec<(&String, &TensorEntry)> = index.tensors.iter().collect();
+    tensors.sort_by_key(|(_, t)| t.start);
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "mlx"}));
+    for (name, t) in &tensors {
+        header.insert(
+            (*name).clone(),
+            serde_json::json!({"dtype": t.dtype.safetensors_name(), "shape": t.shape, "data_offsets": [t.start, t.start + t.len]}),
+        );
+    }
+    let mut header_bytes = serde_json::to_vec(&header).unwrap();
+    header_bytes.resize(header_bytes.len().next_multiple_of(8), b' ');
+    let path = out.join("model.safetensors");
+    let file = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
+    let mut w = std::io::BufWriter::new(file);
+    w.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(|e| io(&path, e))?;
+    w.write_all(&header_bytes).map_err(|e| io(&path, e))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut total = 0;
+    for (_, t) in tensors {
+        let mut off = 0;
+        while off < t.len {
+            let n = (buf.len() as u64).min(t.len - off) as usize;
+            source.read(0, t.start + off, &mut buf[..n])?;
+            w.write_all(&buf[..n]).map_err(|e| io(&path, e))?;
+            off += n as u64;
+        }
+        total += t.len;
+    }
+    w.flush().map_err(|e| io(&path, e))?;
+    Ok(total)
+}

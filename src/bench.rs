@@ -1,0 +1,99 @@
+//! `webqwen bench`: speed and the per-token costs that decide it, counted where they happen
+//! (dispatches, submits, uniform writes, bytes read back), plus weight traffic and memory.
+
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::sample::SamplingParams;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub adapter: String,
+    pub backend: String,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_tokens_per_second: f64,
+    pub decode_tokens_per_second: f64,
+    pub dispatches_per_token: f64,
+    pub submits_per_token: f64,
+    pub uniform_writes_per_token: f64,
+    pub readback_bytes_per_token: f64,
+    /// All weights on the GPU.
+    pub weight_bytes: u64,
+    /// Weight bytes the decode kernels read per token (each matrix once, one embedding row).
+    pub weight_bytes_read_per_token: u64,
+    /// The least a decode step can read: every weight it uses, once.
+    pub ideal_weight_bytes_per_token: u64,
+    pub gpu_memory_bytes: u64,
+}
+
+impl BenchReport {
+    pub fn to_text(&self) -> String {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        format!(
+            "prefill  {:.1} tok/s ({} tokens)\ndecode   {:.1} tok/s ({} tokens)\nper decode token: {:.0} dispatches, {:.2} submits, \
+             {:.2} uniform writes, {:.1} bytes read back\nweights  {:.1} MiB on the GPU; {:.1} MiB read per token (ideal {:.1} MiB, ratio {:.3})\n\
+             GPU memory {:.1} MiB",
+            self.prefill_tokens_per_second,
+            self.prompt_tokens,
+            self.decode_tokens_per_second,
+            self.generated_tokens,
+            self.dispatches_per_token,
+            self.submits_per_token,
+            self.uniform_writes_per_token,
+            self.readback_bytes_per_token,
+            mib(self.weight_bytes),
+            mib(self.weight_bytes_read_per_token),
+            mib(self.ideal_weight_bytes_per_token),
+            self.weight_bytes_read_per_token as f64 / self.ideal_weight_bytes_per_token.max(1) as f64,
+            mib(self.gpu_memory_bytes),
+        )
+    }
+}
+
+/// Prefill `prompt_tokens` pseudo-random tokens, then decode `gen_tokens` greedily (no eos).
+pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -> Result<BenchReport> {
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let prompt: Vec<u32> = (0..prompt_tokens.max(1))
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 150_000) as u32
+        })
+        .collect();
+    let greedy = SamplingParams::default();
+    // Warm up: first submissions pay for driver-side pipeline setup.
+    engine.reset();
+    engine.generate(&prompt[..prompt.len().min(8)], &greedy, 4, &[], &mut |_| true).await?;
+    engine.reset();
+    engine.counters = Default::default();
+    let g = engine.generate(&prompt, &greedy, gen_tokens.max(2), &[], &mut |_| true).await?;
+    let c = &engine.counters;
+    let steps = c.decode_steps.max(1) as f64;
+    // The prefill pass's own submits and writes are not decode costs.
+    let decode_submits = c.submits.saturating_sub(prefill_passes(engine, prompt.len())) as f64;
+    let decode_writes = c.uniform_writes.saturating_sub(prefill_passes(engine, prompt.len())) as f64;
+    let (weight_bytes, per_token) = engine.model.weight_bytes();
+    Ok(BenchReport {
+        adapter: engine.gpu.adapter_info.name.clone(),
+        backend: format!("{:?}", engine.gpu.adapter_info.backend),
+        prompt_tokens: g.prompt_tokens,
+        generated_tokens: g.tokens.len(),
+        prefill_tokens_per_second: g.prompt_tokens as f64 / g.prefill_seconds.max(1e-9),
+        decode_tokens_per_second: (g.tokens.len().saturating_sub(1)) as f64 / g.decode_seconds.max(1e-9),
+        dispatches_per_token: c.dispatches as f64 / steps,
+        submits_per_token: decode_submits / steps,
+        uniform_writes_per_token: decode_writes / steps,
+        readback_bytes_per_token: c.readback_bytes as f64 / g.tokens.len().max(1) as f64,
+        weight_bytes,
+        weight_bytes_read_per_token: engine.model.decode_weight_reads(),
+        ideal_weight_bytes_per_token: per_token,
+        gpu_memory_bytes: engine.gpu.allocated_bytes(),
+    })
+}
+
+fn prefill_passes(engine: &Engine, prompt: usize) -> u64 {
+    prompt.div_ceil(engine.model.chunk) as u64
+}

@@ -1,0 +1,150 @@
+//! webqwen against mlx-lm on random-weight models that `mlx_lm.convert` made
+//! (tests/fixtures/make_models.py). Tolerances, fixed by the project and never loosened:
+//! - teacher-forced logits: relative L2 error per position <= 1e-2, and the same argmax wherever
+//!   mlx-lm's top-2 margin exceeds 1e-2 of that position's logit range;
+//! - perplexity within 0.5 %;
+//! - the first 16 greedy tokens equal.
+//! Every model is also run at a 1 MiB storage-binding limit (tensors split into many pieces) and
+//! without f16/subgroups; those must give the same logits as the default run.
+
+use std::path::{Path, PathBuf};
+
+use webqwen::engine::LoadOptions;
+use webqwen::sample::SamplingParams;
+use webqwen::session::Session;
+
+const REL_L2_MAX: f64 = 1e-2;
+const MARGIN_FRACTION: f32 = 1e-2;
+const PPL_REL_MAX: f64 = 5e-3;
+
+fn fixtures() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    if root.join("manifest.json").exists() {
+        return Some(root);
+    }
+    if std::env::var_os("WEBQWEN_REQUIRE_FIXTURES").is_some() {
+        panic!("fixtures missing: run tests/fixtures/make_models.py (bash tests/run_all.sh does)");
+    }
+    eprintln!("skipping: no fixtures (bash tests/run_all.sh makes them)");
+    None
+}
+
+fn load(dir: &Path, opts: &LoadOptions) -> Session {
+    pollster::block_on(Session::load_dir(dir, opts, &mut |_, _| {})).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+struct LogitStats {
+    worst_rel_l2: f64,
+    argmax_checked: usize,
+}
+
+fn compare_logits(name: &str, ours: &[f32], reference: &[f32], vocab: usize) -> LogitStats {
+    assert_eq!(ours.len(), reference.len(), "{name}: logits shape");
+    let mut worst = 0.0f64;
+    let mut checked = 0;
+    for (t, (a, b)) in ours.chunks_exact(vocab).zip(reference.chunks_exact(vocab)).enumerate() {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        let rel = (num / den).sqrt();
+        worst = worst.max(rel);
+        assert!(rel <= REL_L2_MAX, "{name}: position {t}: relative L2 error {rel:.3e} > {REL_L2_MAX:e}");
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.select_nth_unstable_by(1, |&i, &j| b[j].total_cmp(&b[i]));
+        let (top, second) = if b[order[0]] >= b[order[1]] { (order[0], order[1]) } else { (order[1], order[0]) };
+        let range = b.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) - b.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        if b[top] - b[second] > MARGIN_FRACTION * range {
+            let ours_top = a.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap().0;
+            assert_eq!(ours_top, top, "{name}: position {t}: argmax {ours_top} but mlx-lm's is {top}");
+            checked += 1;
+        }
+    }
+    LogitStats { worst_rel_l2: worst, argmax_checked: checked }
+}
+
+fn check_model(name: &str) {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join(name);
+    assert!(dir.join("reference").exists(), "{name}: fixture not built");
+    let reference = dir.join("reference");
+    let mut session = load(&dir, &LoadOptions::default());
+    let vocab = session.engine.config().vocab_size;
+
+    // Teacher-forced logits.
+    let tokens = ids(&read_json(&reference.join("logits_tokens.json")));
+    let ref_bytes = std::fs::read(reference.join("logits.npy")).unwrap();
+    let (shape, ref_logits) = webqwen::npy::read_f32(&ref_bytes).unwrap();
+    assert_eq!(shape, vec![tokens.len(), vocab]);
+    let logits = pollster::block_on(session.engine.logits(&tokens)).unwrap();
+    let stats = compare_logits(name, &logits, &ref_logits, vocab);
+
+    // Perplexity, tokenized by us (the ids must equal the Python tokenizer's).
+    let ppl_ref = read_json(&reference.join("ppl.json"));
+    let text = std::fs::read_to_string(reference.join("ppl.txt")).unwrap();
+    let ppl_ids = session.tokenizer.encode_untrusted(&text).unwrap();
+    assert_eq!(ppl_ids, ids(&ppl_ref["ids"]), "{name}: perplexity text tokenized differently");
+    let (nll, scored) = pollster::block_on(webqwen::engine::perplexity(&mut session.engine, &ppl_ids)).unwrap();
+    assert_eq!(scored as u64, ppl_ref["tokens"].as_u64().unwrap());
+    let (ppl, ppl_mlx) = (nll.exp(), ppl_ref["ppl"].as_f64().unwrap());
+    let ppl_rel = (ppl - ppl_mlx).abs() / ppl_mlx;
+    assert!(ppl_rel <= PPL_REL_MAX, "{name}: perplexity {ppl} vs mlx-lm {ppl_mlx} ({ppl_rel:.2e} relative)");
+
+    // Greedy decoding through the whole GPU path (prefill, KV cache, GPU argmax).
+    let greedy = read_json(&reference.join("greedy.json"));
+    let prompt = ids(&greedy["prompt_tokens"]);
+    let want = ids(&greedy["tokens"]);
+    session.engine.reset();
+    let got = pollster::block_on(session.engine.generate(&prompt, &SamplingParams::default(), want.len(), &[], &mut |_| true))
+        .unwrap()
+        .tokens;
+    assert_eq!(got, want, "{name}: greedy tokens differ from mlx-lm");
+    // And again reusing the cached prompt prefix (a second chat turn does this).
+    let got_again = pollster::block_on(session.engine.generate(&prompt, &SamplingParams::default(), want.len(), &[], &mut |_| true))
+        .unwrap()
+        .tokens;
+    assert_eq!(got_again, want, "{name}: greedy tokens differ when the KV prefix is reused");
+    drop(session);
+
+    // Split into 1 MiB bindings, no f16, no subgroups: the same numbers.
+    let mut opts = LoadOptions::default();
+    opts.gpu.max_storage_binding = Some(1 << 20);
+    opts.gpu.no_f16 = true;
+    opts.gpu.no_subgroups = true;
+    let mut small = load(&dir, &opts);
+    let split = pollster::block_on(small.engine.logits(&tokens)).unwrap();
+    let max_diff = split.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(max_diff <= 1e-4, "{name}: logits at a 1 MiB binding limit differ by {max_diff}");
+    println!(
+        "{name}: worst rel L2 {:.2e}, argmax checked at {}/{} positions, ppl {ppl:.4} vs {ppl_mlx:.4} ({ppl_rel:.1e}), \
+         16 greedy tokens equal, 1 MiB split max diff {max_diff:.1e}",
+        stats.worst_rel_l2,
+        stats.argmax_checked,
+        tokens.len()
+    );
+}
+
+macro_rules! parity {
+    ($($name:ident),* $(,)?) => { $( #[test] fn $name() { check_model(stringify!($name)); } )* };
+}
+
+parity!(q4_g64, q4_g32, q4_g128, q8_g64, q6_g64, q3_g64, q2_g64, q5_g32, bf16, untied_q4, headdim_q4, mixed, mixed_3_6, unq_layer);
+
+/// A model made with a fresh random seed by the test command, so no stored answer can be tuned to.
+#[test]
+fn fresh() {
+    let Some(root) = fixtures() else { return };
+    if !root.join("fresh").exists() {
+        if std::env::var_os("WEBQWEN_REQUIRE_FIXTURES").is_some() {
+            panic!("fresh fixture missing: make_models.py --fresh");
+        }
+        return;
+    }
+    check_model("fresh");
+}
