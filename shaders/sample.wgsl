@@ -42,6 +42,7 @@ const S_NFALLBACK: u32 = 12u;
 const S_TOTAL: u32 = 13u;
 const S_NUCLEUS: u32 = 14u;
 const S_RESERVE: u32 = 16u;          // cand slots reserved for keys > threshold
+const S_FITS: u32 = 17u;             // 1: every key >= threshold fits (ties take the reserved slots too)
 
 struct Step { pos: u32, n_tokens: u32, step: u32, pad: u32 }
 
@@ -212,6 +213,7 @@ fn reduce2(@builtin(local_invocation_index) tid: u32) {
         state[S_DONE] = 0u;
         state[S_FALLBACK] = 0u;
         state[S_TOTAL] = 0u;
+        state[S_FITS] = 0u;
     }
 }
 
@@ -327,6 +329,7 @@ fn select_pass(@builtin(local_invocation_index) tid: u32) {
         if (tid == 0u) {
             state[S_THR] = state[S_LOKEY];
             state[S_RESERVE] = params.k_eff - krem + total;
+            state[S_FITS] = 1u;
             state[S_DONE] = 1u;
         }
         return;
@@ -344,10 +347,11 @@ fn select_pass(@builtin(local_invocation_index) tid: u32) {
                 // bins >= b. If they fit in the sorted list, stop here: final applies top-k exactly.
                 let above = params.k_eff - krem;
                 if (above + cum + c[j] <= CAP) {
-                    state[S_THR] = prefix; state[S_RESERVE] = above + cum + c[j]; state[S_DONE] = 1u;
+                    // (the bin may reach below the min-p bound: never go under it)
+                    state[S_THR] = max(prefix, state[S_LOKEY]); state[S_RESERVE] = above + cum + c[j]; state[S_FITS] = 1u; state[S_DONE] = 1u;
                 } else if (PASS == 2u) {
                     // ties at the k-th key overflow the list: keys above it first, then as many ties as fit
-                    state[S_THR] = prefix; state[S_RESERVE] = above + cum; state[S_DONE] = 1u;
+                    state[S_THR] = prefix; state[S_RESERVE] = above + cum; state[S_FITS] = 0u; state[S_DONE] = 1u;
                 }
                 break;
             }
@@ -363,11 +367,12 @@ fn compact(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid
     if (params.mode == 0u) { return; }
     let thr = state[S_THR];
     let reserve = state[S_RESERVE];
+    let fits = state[S_FITS] != 0u;
     let base = wid.x * CHUNK;
     let end = min(base + CHUNK, SV);
     for (var i = base + tid; i < end; i += WG) {
         let k = fkey(logits[i]);
-        if (k > thr) {
+        if (k > thr || (fits && k == thr)) {
             let slot = atomicAdd(&hist[COUNTER], 1u);
             if (slot < reserve) { cand[slot] = vec2<u32>(k, i); }
         } else if (k == thr && atomicLoad(&hist[COUNTER2]) < CAP - reserve) {
@@ -548,13 +553,40 @@ fn fallback(@builtin(local_invocation_index) tid: u32) {
     if (params.top_p < 1.0) {
         let z = mass_at(tid, lo, m, t);
         let goal = params.top_p * z;
-        var hi = lh0.y;  // S(hi) = 0 < goal; S(lo) = z >= goal
-        // invariant maintained in uniform control flow
-        for (var it = 0u; it < 40u; it++) {
+        var hi = lh0.y;
+        // 16-way search: each full pass narrows [lo, hi) by 16 (8 passes for 32 bits)
+        for (var it = 0u; it < 16u; it++) {
             if (hi - lo <= 1u) { break; }
-            let mid = lo + (hi - lo) / 2u;
-            let smid = mass_at(tid, mid, m, t);
-            if (smid >= goal) { lo = mid; } else { hi = mid; }
+            let w = hi - lo;
+            let stp = max(w / 16u, 1u);
+            var acc: array<f32, 16>;
+            for (var b = 0u; b < 16u; b++) { acc[b] = 0.0; }
+            var above = 0.0;
+            for (var i = tid; i < SV; i += WG) {
+                let l = logits[i];
+                let k = fkey(l);
+                if (k >= lo) {
+                    let p = exp((l - m) / t);
+                    if (k >= hi) { above += p; } else { acc[min((k - lo) / stp, 15u)] += p; }
+                }
+            }
+            // S(lo + j*stp) = above + sum_{b >= j} acc[b]
+            var suf = above;
+            for (var b = 15u; b >= 1u; b--) { suf += acc[b]; acc[b] = suf; }
+            var nlo = lo;
+            var nhi = hi;
+            var found = false;
+            for (var j = 15u; j >= 1u; j--) {
+                let sj = wg_sum(tid, acc[j]);
+                if (j < w && !found && sj >= goal) {
+                    found = true;
+                    nlo = lo + j * stp;
+                    if (j < 15u && j + 1u < w) { nhi = lo + (j + 1u) * stp; }
+                }
+            }
+            if (!found) { nhi = lo + stp; }
+            lo = nlo;
+            hi = nhi;
         }
     }
     // draw in index order among ids with key >= lo

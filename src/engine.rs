@@ -122,11 +122,13 @@ impl Engine {
         self.counters.uniform_writes += 1;
     }
 
-    fn check_fits(&self, n: usize) -> Result<()> {
-        if n > self.model.context {
+    /// `prompt` tokens plus `extra` positions for generation must fit the KV cache.
+    fn check_fits(&self, prompt: usize, extra: usize) -> Result<()> {
+        if prompt + extra > self.model.context {
+            let need = if extra > 0 { format!(" and generation needs {extra} more position") } else { String::new() };
             return Err(Error::Limit(format!(
-                "the prompt has {n} tokens but the context holds {} (raise --context, up to the model's {} positions, \
-                 or shorten the prompt)",
+                "the prompt has {prompt} tokens{need}, but the context holds {} (raise --context, up to the model's {} \
+                 positions, or shorten the prompt)",
                 self.model.context, self.model.config.max_position_embeddings
             )));
         }
@@ -152,7 +154,7 @@ impl Engine {
     /// long inputs never need a `[T, vocab]` buffer on either side.
     pub async fn logits_with(&mut self, tokens: &[u32], on_rows: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
         self.check_ids(tokens)?;
-        self.check_fits(tokens.len())?;
+        self.check_fits(tokens.len(), 0)?;
         self.cached.clear();
         let vocab = self.model.config.vocab_size;
         let mut pos = 0;
@@ -217,7 +219,10 @@ impl Engine {
             return Err(Error::Invalid("the prompt is empty".into()));
         }
         self.check_ids(prompt)?;
-        self.check_fits(prompt.len() + 1)?;
+        self.check_fits(prompt.len(), 1)?;
+        if max_tokens == 0 {
+            return Ok(Generation { prompt_tokens: prompt.len(), ..Default::default() });
+        }
         let t0 = now_seconds();
         // Reuse the cached prefix (a chat's earlier turns); at least one token must run to get logits.
         let mut reuse = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count();

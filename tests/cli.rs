@@ -152,6 +152,7 @@ impl Run {
         for w in words {
             assert!(lower.contains(&w.to_lowercase()), "the error does not mention {w:?}: {}", self.describe());
         }
+        eprintln!("    -> {}", self.stderr.lines().find(|l| l.contains("error")).unwrap_or_default());
         self
     }
 }
@@ -434,7 +435,11 @@ fn synth_writes_a_loadable_model_dir() {
     // ~350 MB: gone as soon as this test ends (TempDir's drop), pass or fail.
 }
 
+/// Slow on a CPU Vulkan driver: 7.2 minutes on lavapipe with 2 busy cores (prefill 0.05 tok/s,
+/// decode 0.11 tok/s of the real 0.6B shapes). Run it with
+/// `cargo test --release --test cli -- --include-ignored` on a machine with a GPU.
 #[test]
+#[ignore = "minutes on lavapipe; run with --include-ignored on a GPU"]
 fn bench_synthetic_json_counters() {
     let run = webqwen(&[
         "bench", "--synthetic", "0.6b", "--prompt-tokens", "8", "--gen-tokens", "4", "--json", "--context", "256",

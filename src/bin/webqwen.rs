@@ -128,9 +128,9 @@ struct GpuArgs {
     /// Never use subgroup operations.
     #[arg(long)]
     no_subgroups: bool,
-    /// KV-cache length in tokens.
-    #[arg(long, default_value_t = 4096)]
-    context: usize,
+    /// KV-cache length in tokens (at most the model's max_position_embeddings).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    context: u32,
 }
 
 #[derive(Args, Clone)]
@@ -144,20 +144,20 @@ struct ModelArgs {
 
 #[derive(Args, Clone)]
 struct SamplingArgs {
-    #[arg(long, default_value_t = 512)]
-    max_tokens: usize,
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    max_tokens: u32,
     /// 0 = greedy. Default: the model's generation_config.json.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     temperature: Option<f32>,
     #[arg(long)]
     top_k: Option<u32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     min_p: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     repetition_penalty: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     presence_penalty: Option<f32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -193,7 +193,7 @@ impl GpuArgs {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             gpu: GpuOptions { max_storage_binding: self.max_storage_binding, no_f16: self.no_f16, no_subgroups: self.no_subgroups },
-            model: ModelOptions { context: self.context, ..Default::default() },
+            model: ModelOptions { context: self.context as usize, ..Default::default() },
         }
     }
 }
@@ -310,7 +310,7 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
         }
         history.push(Message::new("user", line));
         let prompt = session.chat_tokens(&history, thinking, None)?;
-        let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens, stop: vec![] };
+        let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens as usize, stop: vec![] };
         interrupted.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);
         let mut in_reasoning = false;
@@ -380,7 +380,7 @@ async fn generate(
         (None, Some(p)) => session.chat_tokens(&[Message::new("user", &p)], thinking, None)?,
         (None, None) => bail!("give --prompt or --token-ids"),
     };
-    let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens, stop };
+    let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens as usize, stop };
     let done = session
         .complete(&tokens, &req, &mut |ev| {
             if !json {

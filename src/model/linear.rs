@@ -75,19 +75,28 @@ pub fn module_format(
             )));
         }
         let bits = (w.shape[1] * 32 / cols) as u32;
+        let shapes = || {
+            format!(
+                "{name} is U32 {:?} and {scales_name} is {:?}, but config.json implies a [{rows}, {cols}] matrix \
+                 (check hidden_size, intermediate_size, head_dim and the head counts)",
+                w.shape, s.shape
+            )
+        };
         if s.shape.len() != 2 || s.shape[0] != rows || s.shape[1] == 0 || cols % s.shape[1] != 0 {
             return Err(bad(format!("tensor {scales_name} has shape {:?}, expected [{rows}, {cols}/group_size]", s.shape)));
         }
         let group_size = (cols / s.shape[1]) as u32;
-        check_quant_params(bits, group_size).map_err(|m| bad(format!("{path}: {m}")))?;
         if let Some(q) = quant.and_then(|q| q.params_for(path)) {
             if q.bits != bits || q.group_size != group_size {
                 return Err(bad(format!(
-                    "{path}: config.json says {} bits, group {}, but the tensors are {bits} bits, group {group_size}",
-                    q.bits, q.group_size
+                    "{path}: config.json says {} bits, group {}, which does not match the tensors: {}",
+                    q.bits,
+                    q.group_size,
+                    shapes()
                 )));
             }
         }
+        check_quant_params(bits, group_size).map_err(|m| bad(format!("{path}: {m}; {}", shapes())))?;
         if s.dtype == DType::U32 || b.dtype != s.dtype || b.shape != s.shape {
             return Err(bad(format!("{biases_name} must match {scales_name} (bf16, f16 or f32, same shape)")));
         }
@@ -97,7 +106,10 @@ pub fn module_format(
         let format = WeightFormat::Affine { bits, group_size, scale_dtype: s.dtype };
         Ok((format, ModuleTensors { weight: name, scales: Some(scales_name), biases: Some(biases_name), rows }))
     } else {
-        if w.dtype == DType::U32 || w.shape != [rows, cols] {
+        if w.dtype == DType::U32 {
+            return Err(bad(format!("tensor {scales_name} is missing ({name} is packed U32, so it needs scales and biases)")));
+        }
+        if w.shape != [rows, cols] {
             return Err(bad(format!("tensor {name} is {:?} {:?}, expected a float [{rows}, {cols}] matrix", w.dtype, w.shape)));
         }
         if cols % 32 != 0 {

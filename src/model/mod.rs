@@ -93,7 +93,13 @@ impl Qwen3 {
         let q_rows = heads * head_dim;
         let kv_rows = kv_heads * head_dim;
         let qkv_width = q_rows + 2 * kv_rows;
-        let context = opts.context.min(c.max_position_embeddings).max(1);
+        if opts.context == 0 || opts.context > c.max_position_embeddings {
+            return Err(Error::Limit(format!(
+                "a context of {} tokens is not possible: this model has {} positions",
+                opts.context, c.max_position_embeddings
+            )));
+        }
+        let context = opts.context;
         let quant = c.quantization.as_ref();
         let mut norms = Vec::new();
         let mut norm = |name: String, len: usize| -> Result<wgpu::Buffer> {

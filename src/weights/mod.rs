@@ -78,7 +78,9 @@ impl WeightIndex {
     pub fn add_file(&mut self, file_name: &str, file_len: u64, header: &[u8]) -> Result<()> {
         let err = |m: String| Error::weights(file_name, m);
         let metadata: safetensors::tensor::Metadata =
-            serde_json::from_slice(header).map_err(|e| err(format!("invalid safetensors header: {e}")))?;
+            serde_json::from_slice(header).map_err(|e| {
+                err(format!("invalid safetensors header ({e}); the file is corrupt: delete it and download it again"))
+            })?;
         let data_start = 8 + header.len() as u64;
         let data_len = metadata.data_len() as u64;
         if data_start + data_len > file_len {
@@ -129,10 +131,13 @@ impl ShardIndex {
 /// Split a safetensors file's first bytes into (header length); errors name the file.
 pub fn header_len(file_name: &str, prefix: &[u8; 8], file_len: u64) -> Result<u64> {
     let n = u64::from_le_bytes(*prefix);
-    if n > 100_000_000 || 8 + n > file_len {
+    if n > 100_000_000 {
+        return Err(Error::weights(file_name, format!("not a safetensors file (its header length would be {n} bytes)")));
+    }
+    if 8 + n > file_len {
         return Err(Error::weights(
             file_name,
-            format!("not a safetensors file (header length {n} does not fit a file of {file_len} bytes)"),
+            format!("file is truncated: its header alone needs {} bytes but the file has {file_len} (download it again)", 8 + n),
         ));
     }
     Ok(n)
