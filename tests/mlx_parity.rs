@@ -148,3 +148,24 @@ fn fresh() {
     }
     check_model("fresh");
 }
+
+/// Token ids equal the Python `tokenizers` package's, recorded by the test command from the
+/// same tokenizer.json (tests/fixtures/tokenizer_ref.py): English, Chinese, Japanese, code,
+/// emoji, whitespace runs, numbers and special-token look-alikes.
+#[test]
+fn tokenizer_matches_python() {
+    let Some(root) = fixtures() else { return };
+    let reference = read_json(&root.join("tokenizer_ref.json"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
+    let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
+    let config = std::fs::read(dir.join("tokenizer_config.json")).ok();
+    let tok = webqwen::tokenizer::Tokenizer::from_bytes(&json, config.as_deref()).unwrap();
+    let cases = reference["cases"].as_array().unwrap();
+    assert!(cases.len() >= 15);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        assert_eq!(tok.encode_trusted(text).unwrap(), ids(&c["ids"]), "ids of {text:?}");
+        assert_eq!(tok.encode_untrusted(text).unwrap(), ids(&c["ids_plain"]), "plain-text ids of {text:?}");
+        assert_eq!(tok.decode(&ids(&c["ids"]), false), c["decoded"].as_str().unwrap(), "decode of {text:?}");
+    }
+}

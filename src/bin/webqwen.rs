@@ -128,9 +128,9 @@ struct GpuArgs {
     /// Never use subgroup operations.
     #[arg(long)]
     no_subgroups: bool,
-    /// KV-cache length in tokens (at most the model's max_position_embeddings).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
-    context: u32,
+    /// KV-cache length in tokens [default: 4096, or what the model and the binding limit allow].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    context: Option<u32>,
 }
 
 #[derive(Args, Clone)]
@@ -193,7 +193,7 @@ impl GpuArgs {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             gpu: GpuOptions { max_storage_binding: self.max_storage_binding, no_f16: self.no_f16, no_subgroups: self.no_subgroups },
-            model: ModelOptions { context: self.context as usize, ..Default::default() },
+            model: ModelOptions { context: self.context.map(|c| c as usize), ..Default::default() },
         }
     }
 }

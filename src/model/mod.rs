@@ -20,15 +20,16 @@ use crate::weights::{DType, WeightIndex};
 /// Load-time choices that are not in config.json.
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
-    /// KV-cache length in tokens (prompt + generation).
-    pub context: usize,
+    /// KV-cache length in tokens (prompt + generation). `None`: 4096, or less where the model
+    /// or the storage-binding limit allows less.
+    pub context: Option<usize>,
     /// Most tokens per prefill pass.
     pub max_chunk: usize,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { context: 4096, max_chunk: 128 }
+        ModelOptions { context: None, max_chunk: 128 }
     }
 }
 
@@ -93,13 +94,18 @@ impl Qwen3 {
         let q_rows = heads * head_dim;
         let kv_rows = kv_heads * head_dim;
         let qkv_width = q_rows + 2 * kv_rows;
-        if opts.context == 0 || opts.context > c.max_position_embeddings {
-            return Err(Error::Limit(format!(
-                "a context of {} tokens is not possible: this model has {} positions",
-                opts.context, c.max_position_embeddings
-            )));
-        }
-        let context = opts.context;
+        // Each layer's K (and V) cache is one binding: [kv_heads, context, head_dim] f32.
+        let max_context_for_binding = (gpu.max_binding / (kv_heads * head_dim * 4) as u64) as usize;
+        let context = match opts.context {
+            Some(n) if n == 0 || n > c.max_position_embeddings => {
+                return Err(Error::Limit(format!(
+                    "a context of {n} tokens is not possible: this model has {} positions",
+                    c.max_position_embeddings
+                )));
+            }
+            Some(n) => n,
+            None => 4096.min(c.max_position_embeddings).min(max_context_for_binding),
+        };
         let quant = c.quantization.as_ref();
         let mut norms = Vec::new();
         let mut norm = |name: String, len: usize| -> Result<wgpu::Buffer> {
@@ -124,9 +130,8 @@ impl Qwen3 {
         if cache_bytes > gpu.max_binding {
             return Err(Error::Limit(format!(
                 "a layer's KV cache for a context of {context} tokens needs {cache_bytes} bytes, more than the \
-                 storage-binding limit of {} bytes: use a shorter context (at most {})",
-                gpu.max_binding,
-                gpu.max_binding / (kv_heads * head_dim * 4) as u64
+                 storage-binding limit of {} bytes: use a shorter context (at most {max_context_for_binding})",
+                gpu.max_binding
             )));
         }
 
