@@ -45,12 +45,12 @@ fn load_w(m: u32, i: u32) -> u32 {
 
 fn half_at(m: u32, which: u32, e: u32) -> f32 {
     // element e of the scales (which == 0) or biases (which == 1) of matrix m
-    var word: u32;
     let idx = select(e >> 1u, e, SFMT == 2u);
+    var word: u32;
     if (DUAL && m == 1u) {
-        word = select(bi2[idx], sc2[idx], which == 0u);
+        if (which == 0u) { word = sc2[idx]; } else { word = bi2[idx]; }
     } else {
-        word = select(bi[idx], sc[idx], which == 0u);
+        if (which == 0u) { word = sc[idx]; } else { word = bi[idx]; }
     }
     if (SFMT == 2u) { return bitcast<f32>(word); }
     let sh = (e & 1u) * 16u;
@@ -83,15 +83,30 @@ fn code_at(words: ptr<function, array<u32, 8>>, j: u32) -> f32 {
 fn block_dot(m: u32, row: u32, b: u32, xb: ptr<function, array<vec4<f32>, 8>>) -> f32 {
     let base = row * ROW_WORDS + b * BLOCK_WORDS;
     if (WFMT == 0u) {
-        var words: array<u32, 8>;
-        for (var i = 0u; i < BITS; i++) { words[i] = load_w(m, base + i); }
         var qx = 0.0;
         var sx = 0.0;
-        for (var j = 0u; j < 8u; j++) {
-            let xv = (*xb)[j];
-            let q = vec4<f32>(code_at(&words, 4u * j), code_at(&words, 4u * j + 1u), code_at(&words, 4u * j + 2u), code_at(&words, 4u * j + 3u));
-            qx += dot(q, xv);
-            sx += xv.x + xv.y + xv.z + xv.w;
+        if (32u % BITS == 0u) {
+            // 2, 4, 8 bits: codes never straddle words, so unpack each word with fixed shifts.
+            let per = 32u / BITS;
+            for (var i = 0u; i < BITS; i++) {
+                let wv = load_w(m, base + i);
+                for (var c = 0u; c < per; c += 4u) {
+                    let sh = c * BITS;
+                    let q = vec4<u32>(wv >> sh, wv >> (sh + BITS), wv >> (sh + 2u * BITS), wv >> (sh + 3u * BITS)) & vec4<u32>(MASK);
+                    let xv = (*xb)[(i * per + c) / 4u];
+                    qx += dot(vec4<f32>(q), xv);
+                    sx += xv.x + xv.y + xv.z + xv.w;
+                }
+            }
+        } else {
+            var words: array<u32, 8>;
+            for (var i = 0u; i < BITS; i++) { words[i] = load_w(m, base + i); }
+            for (var j = 0u; j < 8u; j++) {
+                let xv = (*xb)[j];
+                let q = vec4<f32>(code_at(&words, 4u * j), code_at(&words, 4u * j + 1u), code_at(&words, 4u * j + 2u), code_at(&words, 4u * j + 3u));
+                qx += dot(q, xv);
+                sx += xv.x + xv.y + xv.z + xv.w;
+            }
         }
         let g = row * GROUPS_PER_ROW + (b * 32u) / GROUP;
         return half_at(m, 0u, g) * qx + half_at(m, 1u, g) * sx;
