@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use webqwen::chat::{Message, TextEvent};
-use webqwen::engine::{Engine, LoadOptions};
+use webqwen::engine::{Engine, LoadOptions, StopReason};
 use webqwen::gpu::{Gpu, GpuOptions};
 use webqwen::model::ModelOptions;
 use webqwen::sample::SamplingParams;
@@ -403,7 +403,12 @@ async fn generate(
             "content": done.content,
             "reasoning": done.reasoning,
             "prompt_tokens": g.prompt_tokens,
-            "stop_reason": format!("{:?}", g.stop).to_lowercase(),
+            "stop_reason": match g.stop {
+                StopReason::Length => "length",
+                StopReason::Eos => "eos",
+                StopReason::Caller => "stop",
+                StopReason::Context => "context",
+            },
             "timings": {
                 "prefill_seconds": g.prefill_seconds,
                 "decode_seconds": g.decode_seconds,
