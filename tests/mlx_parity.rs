@@ -120,13 +120,21 @@ fn check_model(name: &str) {
     let mut small = load(&dir, &opts);
     let split = pollster::block_on(small.engine.logits(&tokens)).unwrap();
     let max_diff = split.iter().zip(&logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let pieces = small.engine.model.pieces();
+    let split_experts = pieces.iter().filter(|(n, p)| n.contains("experts") && *p > 1).count();
+    if name == "moe_e16k4_q8" {
+        // Its stacked gate/up experts (2 MiB of codes per layer) must really be cut, so that
+        // routing meets experts in other pieces.
+        assert!(split_experts >= 2, "{name}: expert matrices were not split at 1 MiB: {pieces:?}");
+    }
     assert!(max_diff <= 1e-4, "{name}: logits at a 1 MiB binding limit differ by {max_diff}");
     println!(
         "{name}: worst rel L2 {:.2e}, argmax checked at {}/{} positions, ppl {ppl:.4} vs {ppl_mlx:.4} ({ppl_rel:.1e}), \
-         16 greedy tokens equal, 1 MiB split max diff {max_diff:.1e}",
+         16 greedy tokens equal, 1 MiB split max diff {max_diff:.1e} ({} matrices split, {split_experts} of them experts)",
         stats.worst_rel_l2,
         stats.argmax_checked,
-        tokens.len()
+        tokens.len(),
+        pieces.iter().filter(|(_, p)| *p > 1).count()
     );
 }
 
@@ -136,17 +144,32 @@ macro_rules! parity {
 
 parity!(q4_g64, q4_g32, q4_g128, q8_g64, q6_g64, q3_g64, q2_g64, q5_g32, bf16, untied_q4, headdim_q4, mixed, mixed_3_6, unq_layer);
 
-/// A model made with a fresh random seed by the test command, so no stored answer can be tuned to.
-#[test]
-fn fresh() {
+// Qwen3-MoE: 8 experts top-2 (4-bit); 16 experts top-4 without norm_topk_prob (8-bit, untied);
+// a mixed dense/MoE stack (decoder_sparse_step 2, mlp_only_layers) with a 4-bit router;
+// unquantized expert down projections; bf16 experts; and the same bf16 model in Hugging Face's
+// per-expert layout (`moe_hf`), which the loader stacks itself.
+parity!(moe_e8k2_q4, moe_e16k4_q8, moe_mixed, moe_unq_experts, moe_bf16, moe_hf);
+
+/// Models made with a fresh random seed by the test command, so no stored answer can be tuned to.
+fn fresh_model(name: &str) {
     let Some(root) = fixtures() else { return };
-    if !root.join("fresh").exists() {
+    if !root.join(name).exists() {
         if std::env::var_os("WEBQWEN_REQUIRE_FIXTURES").is_some() {
-            panic!("fresh fixture missing: make_models.py --fresh");
+            panic!("{name} fixture missing: make_models.py --fresh");
         }
         return;
     }
-    check_model("fresh");
+    check_model(name);
+}
+
+#[test]
+fn fresh() {
+    fresh_model("fresh");
+}
+
+#[test]
+fn fresh_moe() {
+    fresh_model("fresh_moe");
 }
 
 /// Token ids equal the Python `tokenizers` package's, recorded by the test command from the

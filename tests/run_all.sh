@@ -3,7 +3,7 @@
 #   1. installs what is missing (Mesa's lavapipe Vulkan driver, mlx + mlx-lm for the CPU,
 #      the Qwen3 tokenizer files from npm),
 #   2. builds the random-weight fixture models with mlx_lm.convert and records mlx-lm's answers
-#      (plus one model with a fresh random seed, checked live),
+#      (plus a dense and an MoE model with fresh random seeds, checked live),
 #   3. runs the Rust unit and integration tests against them, and the CLI end-to-end checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,8 +35,9 @@ if [[ "$(cat "$models/.stamp" 2>/dev/null)" != "$stamp" ]]; then
     python3 tests/fixtures/make_models.py --out "$models" --fresh
     echo "$stamp" > "$models/.stamp"
 else
-    # The deterministic set is cached; the fresh-seed model is made anew every run.
-    python3 tests/fixtures/make_models.py --out "$models" --only fresh --fresh
+    # The deterministic set is cached (the stamp hashes make_models.py, so editing it rebuilds
+    # everything); the fresh-seed models are made anew every run.
+    python3 tests/fixtures/make_models.py --out "$models" --only fresh fresh_moe --fresh
 fi
 python3 tests/fixtures/tokenizer_ref.py --out "$models/tokenizer_ref.json"
 

@@ -1,7 +1,11 @@
-//! Qwen3 (dense) on the GPU. Reads like mlx-lm's `models/qwen3.py`: a decoder layer is
+//! Qwen3 (dense and MoE) on the GPU. Reads like mlx-lm's `models/qwen3.py` and `qwen3_moe.py`:
+//! a decoder layer is
 //!     h   = x + o_proj(attention(rope(q_norm(q), k_norm(k)), v))     with q, k, v = proj(rmsnorm(x))
-//!     out = h + down_proj(silu(gate_proj(y)) * up_proj(y))            with y = rmsnorm(h)
-//! and the model is embed -> layers -> rmsnorm -> lm_head (or the tied embedding).
+//!     out = h + mlp(y)                                                with y = rmsnorm(h)
+//! where mlp is the dense SwiGLU  down(silu(gate(y)) * up(y)),  or in a MoE layer
+//!     sum over the top_k experts e of softmax(router(y)):  p_e * down_e(silu(gate_e(y)) * up_e(y))
+//! (p renormalised over the chosen experts when norm_topk_prob), and the model is
+//! embed -> layers -> rmsnorm -> lm_head (or the tied embedding).
 
 pub mod linear;
 pub mod load;
@@ -9,10 +13,10 @@ pub mod ops;
 
 use std::sync::Arc;
 
-use linear::{module_format, Matrix, WeightFormat};
-use ops::{GridKind, KernelShape, ModelKernels, Ops, Out, Step};
+use linear::{module_format, stacked_format, Layout, Matrix, ModuleTensors, WeightFormat};
+use ops::{ExpertOut, GridKind, KernelShape, ModelKernels, Ops, Out, Phase, Step};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MoeConfig, QuantConfig};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::weights::{DType, WeightIndex};
@@ -25,11 +29,13 @@ pub struct ModelOptions {
     pub context: Option<usize>,
     /// Most tokens per prefill pass.
     pub max_chunk: usize,
+    /// Bench only: the expert kernels count the rows they read (see `expert_rows_read`).
+    pub count_expert_reads: bool,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { context: None, max_chunk: 128 }
+        ModelOptions { context: None, max_chunk: 128, count_expert_reads: false }
     }
 }
 
@@ -41,11 +47,34 @@ struct Layer {
     /// q, k and v stacked by rows (one matrix when their formats agree).
     qkv: Vec<Matrix>,
     o_proj: Matrix,
-    gate: Matrix,
-    up: Matrix,
-    down: Matrix,
+    mlp: Mlp,
     k_cache: wgpu::Buffer,
     v_cache: wgpu::Buffer,
+}
+
+enum Mlp {
+    /// gate and up paired row by row for the fused SwiGLU kernel.
+    Fused { gate_up: Matrix, down: Matrix },
+    /// gate and up in different formats: two matmuls and a SwiGLU kernel.
+    Split { gate: Matrix, up: Matrix, down: Matrix },
+    Moe(MoeBlock),
+}
+
+/// A sparse MoE block: the router and every expert's gate/up (paired, stacked) and down.
+struct MoeBlock {
+    router: Matrix,
+    gate_up: Matrix,
+    down: Matrix,
+}
+
+impl Mlp {
+    fn matrices(&self) -> Vec<&Matrix> {
+        match self {
+            Mlp::Fused { gate_up, down } => vec![gate_up, down],
+            Mlp::Split { gate, up, down } => vec![gate, up, down],
+            Mlp::Moe(b) => vec![&b.router, &b.gate_up, &b.down],
+        }
+    }
 }
 
 /// Activations, sized for the largest pass (`chunk` tokens).
@@ -58,7 +87,20 @@ struct Activations {
     act: wgpu::Buffer,
     /// Only when gate and up differ in format and SwiGLU runs as its own kernel.
     gate_up: Option<wgpu::Buffer>,
+    moe: Option<MoeActivations>,
     logits: wgpu::Buffer,
+}
+
+/// Buffers of the MoE layers (slot s = token * top_k + j).
+struct MoeActivations {
+    /// Router logits [T, experts].
+    router: wgpu::Buffer,
+    /// The routing table written on the GPU (layout in `shaders/moe.wgsl`).
+    route: wgpu::Buffer,
+    /// silu(gate) * up of each slot [T * top_k, moe_intermediate].
+    act: wgpu::Buffer,
+    /// Each slot's expert output before the weighted sum [T * top_k, hidden] (prefill).
+    out: wgpu::Buffer,
 }
 
 pub struct Qwen3 {
@@ -85,9 +127,6 @@ pub struct Qwen3 {
 impl Qwen3 {
     /// Allocate every buffer and prepare every dispatch for this config; weights are loaded after.
     pub fn new(gpu: Arc<Gpu>, config: ModelConfig, index: &WeightIndex, opts: &ModelOptions) -> Result<Qwen3> {
-        if config.moe.is_some() {
-            return Err(Error::Config("qwen3_moe models are not supported yet by this build".into()));
-        }
         let c = &config;
         let (hidden, heads, kv_heads, head_dim, inter) =
             (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size);
@@ -116,7 +155,11 @@ impl Qwen3 {
         };
 
         // The largest activation row decides how many tokens one pass may hold.
-        let widest = [hidden, qkv_width, inter * 2, q_rows].into_iter().max().unwrap() as u64 * 4;
+        let (moe_slots_per_token, moe_widest) = match &c.moe {
+            Some(m) => (m.num_experts_per_tok, m.num_experts_per_tok * hidden.max(m.moe_intermediate_size)),
+            None => (0, 0),
+        };
+        let widest = [hidden, qkv_width, inter * 2, q_rows, moe_widest].into_iter().max().unwrap() as u64 * 4;
         let chunk = (opts.max_chunk as u64).min(gpu.max_binding / widest).max(1) as usize;
         let head_chunk = (chunk as u64).min(gpu.max_binding / (c.vocab_size as u64 * 4)).max(1) as usize;
         if gpu.max_binding < c.vocab_size as u64 * 4 {
@@ -161,6 +204,21 @@ impl Qwen3 {
                 run.push(part);
             }
             qkv.push(stack(&gpu, &format!("{p}.self_attn.qkv"), hidden, run)?);
+            let mlp = match &c.moe {
+                Some(m) if c.is_moe_layer(l) => Mlp::Moe(moe_block(&gpu, index, quant, &p, m, hidden)?),
+                _ => {
+                    let (gf, gate) = matrix(&format!("{p}.mlp.gate_proj"), inter, hidden)?;
+                    let (uf, up) = matrix(&format!("{p}.mlp.up_proj"), inter, hidden)?;
+                    let down = single(&format!("{p}.mlp.down_proj"), hidden, inter)?;
+                    if gf == uf {
+                        Mlp::Fused { gate_up: Matrix::paired(&gpu, &format!("{p}.mlp.gate_up"), hidden, gf, gate, up)?, down }
+                    } else {
+                        let gate = Matrix::new(&gpu, &format!("{p}.mlp.gate_proj"), hidden, gf, vec![gate])?;
+                        let up = Matrix::new(&gpu, &format!("{p}.mlp.up_proj"), hidden, uf, vec![up])?;
+                        Mlp::Split { gate, up, down }
+                    }
+                }
+            };
             layers.push(Layer {
                 input_norm: norm(format!("{p}.input_layernorm.weight"), hidden)?,
                 post_norm: norm(format!("{p}.post_attention_layernorm.weight"), hidden)?,
@@ -168,17 +226,29 @@ impl Qwen3 {
                 k_norm: norm(format!("{p}.self_attn.k_norm.weight"), head_dim)?,
                 qkv,
                 o_proj: single(&format!("{p}.self_attn.o_proj"), hidden, q_rows)?,
-                gate: single(&format!("{p}.mlp.gate_proj"), inter, hidden)?,
-                up: single(&format!("{p}.mlp.up_proj"), inter, hidden)?,
-                down: single(&format!("{p}.mlp.down_proj"), hidden, inter)?,
+                mlp,
                 k_cache: gpu.storage(&format!("{p}.k_cache"), cache_bytes)?,
                 v_cache: gpu.storage(&format!("{p}.v_cache"), cache_bytes)?,
             });
         }
         let final_norm = norm("model.norm.weight".into(), hidden)?;
 
-        let fused_mlp = layers.iter().all(|l| l.gate.format == l.up.format);
+        let split_mlp = layers.iter().any(|l| matches!(l.mlp, Mlp::Split { .. }));
         let t = chunk as u64;
+        let route_slots = chunk * moe_slots_per_token.max(1);
+        let moe = match &c.moe {
+            Some(m) => {
+                let slots = route_slots as u64;
+                let tiles = ops::max_expert_tiles(route_slots, m.num_experts) as u64;
+                Some(MoeActivations {
+                    router: gpu.storage("router_logits", t * m.num_experts as u64 * 4)?,
+                    route: gpu.storage("route", (3 * slots + 1 + 3 * tiles) * 4)?,
+                    act: gpu.storage("expert_act", slots * m.moe_intermediate_size as u64 * 4)?,
+                    out: gpu.storage("expert_out", slots * hidden as u64 * 4)?,
+                })
+            }
+            None => None,
+        };
         let act = Activations {
             tokens: gpu.storage("tokens", t * 4)?,
             x: gpu.storage("x", t * hidden as u64 * 4)?,
@@ -186,7 +256,8 @@ impl Qwen3 {
             qkv: gpu.storage("qkv", t * qkv_width as u64 * 4)?,
             attn: gpu.storage("attn", t * q_rows as u64 * 4)?,
             act: gpu.storage("mlp_act", t * inter as u64 * 4)?,
-            gate_up: if fused_mlp { None } else { Some(gpu.storage("gate_up", t * 2 * inter as u64 * 4)?) },
+            gate_up: if split_mlp { Some(gpu.storage("gate_up", t * 2 * inter as u64 * 4)?) } else { None },
+            moe,
             logits: gpu.storage("logits", head_chunk as u64 * c.vocab_size as u64 * 4)?,
         };
         let step = gpu.uniform("step", std::mem::size_of::<Step>() as u64)?;
@@ -201,9 +272,21 @@ impl Qwen3 {
                 theta: c.rope_theta,
                 eps: c.rms_norm_eps,
                 intermediate: inter,
+                moe: c.moe.as_ref().map(|m| (m.num_experts, m.num_experts_per_tok, m.norm_topk_prob, route_slots)),
             },
         );
-        let ops = Ops::new(gpu.clone(), step.clone())?;
+        let counted_ops: usize = layers
+            .iter()
+            .map(|l| match &l.mlp {
+                Mlp::Moe(b) => b.gate_up.pieces.len() + b.down.pieces.len(),
+                _ => 0,
+            })
+            .sum();
+        let expert_counter = match opts.count_expert_reads && counted_ops > 0 {
+            true => Some(gpu.storage("expert_rows_read", counted_ops as u64 * 4)?),
+            false => None,
+        };
+        let ops = Ops::new(gpu.clone(), step.clone(), expert_counter, route_slots as u32)?;
         let mut model = Qwen3 {
             config,
             gpu,
@@ -246,17 +329,39 @@ impl Qwen3 {
             ops.custom(&k.attention, "attention", &attn_bufs, GridKind::PerTokenSlots(heads), false);
             ops.linear(&layer.o_proj, &a.attn, &a.x, 0, hidden, Out::Add, false);
 
-            // out = h + down(silu(gate(y)) * up(y)),  y = rmsnorm(h)
+            // out = h + mlp(y),  y = rmsnorm(h)
             ops.custom(&k.rmsnorm, "rmsnorm", &[&a.x, &a.xn, &layer.post_norm], GridKind::PerToken, false);
-            match &a.gate_up {
-                None => ops.linear_swiglu(&layer.gate, &layer.up, &a.xn, &a.act),
-                Some(gu) => {
-                    ops.linear(&layer.gate, &a.xn, gu, 0, 2 * inter, Out::Set, false);
-                    ops.linear(&layer.up, &a.xn, gu, inter, 2 * inter, Out::Set, false);
+            match &layer.mlp {
+                // down(silu(gate(y)) * up(y))
+                Mlp::Fused { gate_up, down } => {
+                    ops.linear(gate_up, &a.xn, &a.act, 0, inter, Out::Set, false);
+                    ops.linear(down, &a.act, &a.x, 0, hidden, Out::Add, false);
+                }
+                Mlp::Split { gate, up, down } => {
+                    let gu = a.gate_up.as_ref().expect("allocated for split MLPs");
+                    ops.linear(gate, &a.xn, gu, 0, 2 * inter, Out::Set, false);
+                    ops.linear(up, &a.xn, gu, inter, 2 * inter, Out::Set, false);
                     ops.custom(&k.swiglu, "swiglu", &[gu, &a.act], GridKind::PerTokenSpan(inter as u32), false);
+                    ops.linear(down, &a.act, &a.x, 0, hidden, Out::Add, false);
+                }
+                // sum over the top-k experts e of softmax(router(y)): p_e * down_e(silu(gate_e(y)) * up_e(y))
+                Mlp::Moe(b) => {
+                    let m = a.moe.as_ref().expect("allocated for MoE models");
+                    let route_k = k.moe.as_ref().expect("built for MoE models");
+                    let top_k = self.config.moe.as_ref().expect("MoE config").num_experts_per_tok;
+                    let experts = b.router.rows;
+                    let (unused, unused_rw) = (ops.unused().0.clone(), ops.unused().1.clone());
+                    ops.linear(&b.router, &a.xn, &m.router, 0, experts, Out::Set, false);
+                    ops.custom(route_k, "route_tokens", &[&m.router, &m.route, &unused_rw], GridKind::PerToken, false);
+                    ops.custom_in(route_k, "group", &[&unused, &m.route, &unused_rw], GridKind::Single, false, Phase::Prefill);
+                    ops.experts(&b.gate_up, &a.xn, &m.act, &m.route, top_k, ExpertOut::Slots { from_slots: false }, Phase::Always);
+                    // one token: the weighted sum fused into the down projection
+                    ops.experts(&b.down, &m.act, &a.x, &m.route, top_k, ExpertOut::WeightedSum, Phase::Decode);
+                    // many tokens: down per slot, then the weighted sum into the residual
+                    ops.experts(&b.down, &m.act, &m.out, &m.route, top_k, ExpertOut::Slots { from_slots: true }, Phase::Prefill);
+                    ops.custom_in(route_k, "combine", &[&m.out, &m.route, &a.x], GridKind::PerTokenSpan(hidden as u32), false, Phase::Prefill);
                 }
             }
-            ops.linear(&layer.down, &a.act, &a.x, 0, hidden, Out::Add, false);
         }
         self.body_ops = ops.len();
         // logits = lm_head(rmsnorm(x)) on the head rows only
@@ -272,14 +377,15 @@ impl Qwen3 {
             dests.extend(h.destinations());
         }
         for l in &self.layers {
-            for m in l.qkv.iter().chain([&l.o_proj, &l.gate, &l.up, &l.down]) {
+            for m in l.matrices() {
                 dests.extend(m.destinations());
             }
         }
         (dests, &self.norms)
     }
 
-    /// Bytes of weights a decode step reads (each matrix once; the embedding only one row).
+    /// (all weight bytes, the least a decode step can read): each matrix once, the embedding only
+    /// one row, and of each MoE layer's experts only the top_k chosen.
     pub fn weight_bytes(&self) -> (u64, u64) {
         let mut total = self.embed.bytes();
         let mut per_token = self.embed.bytes() / self.config.vocab_size as u64;
@@ -289,13 +395,29 @@ impl Qwen3 {
         }
         per_token += head.bytes();
         for l in &self.layers {
-            for m in l.qkv.iter().chain([&l.o_proj, &l.gate, &l.up, &l.down]) {
+            for m in l.matrices() {
                 total += m.bytes();
-                per_token += m.bytes();
+                per_token += match (m.experts(), &self.config.moe) {
+                    (Some((experts, _)), Some(moe)) => m.bytes() / experts as u64 * moe.num_experts_per_tok as u64,
+                    _ => m.bytes(),
+                };
             }
         }
         let norms: u64 = self.norms.iter().map(|n| n.2 as u64 * 4).sum();
         (total + norms, per_token + norms)
+    }
+
+    /// (name, pieces) of every weight matrix: how the storage-binding limit split them.
+    pub fn pieces(&self) -> Vec<(String, usize)> {
+        let mut all: Vec<&Matrix> = vec![&self.embed];
+        all.extend(&self.lm_head);
+        all.extend(self.layers.iter().flat_map(|l| l.matrices()));
+        all.iter().map(|m| (m.name.clone(), m.pieces.len())).collect()
+    }
+
+    /// Bytes of expert weights (all experts of all MoE layers).
+    pub fn expert_bytes(&self) -> u64 {
+        self.layers.iter().flat_map(|l| l.matrices()).filter(|m| m.experts().is_some()).map(|m| m.bytes()).sum()
     }
 
     pub fn describe_formats(&self) -> Vec<(String, String)> {
@@ -303,12 +425,27 @@ impl Qwen3 {
         if let Some(h) = &self.lm_head {
             out.push(("lm_head".into(), h.format.describe()));
         }
-        if let Some(l) = self.layers.first() {
-            for m in l.qkv.iter().chain([&l.o_proj, &l.gate, &l.up, &l.down]) {
+        let first_dense = self.layers.iter().find(|l| !matches!(l.mlp, Mlp::Moe(_)));
+        let first_moe = self.layers.iter().find(|l| matches!(l.mlp, Mlp::Moe(_)));
+        for (i, l) in first_dense.into_iter().chain(first_moe).enumerate() {
+            let attention = if i == 0 { l.qkv.iter().chain([&l.o_proj]).collect() } else { Vec::new() };
+            for m in attention.into_iter().chain(l.mlp.matrices()) {
                 out.push((m.name.clone(), m.format.describe()));
             }
         }
         out
+    }
+
+    /// Bench only (`ModelOptions::count_expert_reads`): expert weight bytes the decode kernels
+    /// read since the last call, from the rows the GPU counted; resets the counters.
+    pub async fn expert_bytes_read(&self) -> Result<Option<u64>> {
+        let Some(counter) = &self.ops.expert_counter else { return Ok(None) };
+        let bytes = self.gpu.read_back(counter, 0, self.ops.counted_row_bytes.len() as u64 * 4).await?;
+        let rows: &[u32] = bytemuck::cast_slice(&bytes);
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        encoder.clear_buffer(counter, 0, None);
+        self.gpu.queue.submit([encoder.finish()]);
+        Ok(Some(rows.iter().zip(&self.ops.counted_row_bytes).map(|(&r, &b)| r as u64 * b).sum()))
     }
 
     /// Weight bytes the decode kernels read per token, counted op by op as they were recorded.
@@ -326,8 +463,7 @@ impl Qwen3 {
     }
 
     pub fn dispatches(&self, n_tokens: u32) -> usize {
-        let _ = n_tokens;
-        self.ops.len()
+        self.ops.count(n_tokens)
     }
 
     /// Record a forward pass of `n_tokens` tokens (ids already in the token buffer, positions
@@ -343,6 +479,73 @@ impl Qwen3 {
     pub fn encode_head(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, head_rows: u32) {
         self.ops.encode(pass, self.body_ops..self.ops.len(), n_tokens, head_rows);
     }
+}
+
+impl Layer {
+    fn matrices(&self) -> Vec<&Matrix> {
+        let mut out: Vec<&Matrix> = self.qkv.iter().chain([&self.o_proj]).collect();
+        out.extend(self.mlp.matrices());
+        out
+    }
+}
+
+/// The router and experts of MoE layer `p`, from MLX's stacked `switch_mlp` tensors or from
+/// Hugging Face's per-expert `experts.E.*` tensors (stacked here, on the GPU).
+fn moe_block(gpu: &Gpu, index: &WeightIndex, quant: Option<&QuantConfig>, p: &str, m: &MoeConfig, hidden: usize) -> Result<MoeBlock> {
+    let (experts, inter) = (m.num_experts, m.moe_intermediate_size);
+    let (rf, router) = module_format(index, quant, &format!("{p}.mlp.gate"), experts, hidden)?;
+    let router = Matrix::new(gpu, &format!("{p}.mlp.gate"), hidden, rf, vec![router])?;
+    // (format, one module per expert) of each projection
+    let projection = |name: &str, rows: usize, cols: usize| -> Result<(WeightFormat, Vec<ModuleTensors>)> {
+        let stacked = format!("{p}.mlp.switch_mlp.{name}");
+        if index.get(&format!("{stacked}.weight")).is_some() || index.get(&format!("{p}.mlp.experts.0.{name}.weight")).is_none() {
+            let (f, t) = stacked_format(index, quant, &stacked, Some(experts), rows, cols)?;
+            return Ok((f, (0..experts).map(|e| t.slice(e * rows, rows)).collect()));
+        }
+        let mut format: Option<WeightFormat> = None;
+        let mut modules = Vec::with_capacity(experts);
+        for e in 0..experts {
+            let path = format!("{p}.mlp.experts.{e}.{name}");
+            let (f, t) = module_format(index, quant, &path, rows, cols)?;
+            if format.is_some_and(|g| g != f) {
+                return Err(Error::weights(
+                    index.file_name(index.get(&format!("{path}.weight")).expect("checked")),
+                    format!("{path} is {}, unlike expert 0 ({}): the experts of a layer must share one format", f.describe(), format.unwrap().describe()),
+                ));
+            }
+            format = Some(f);
+            modules.push(t);
+        }
+        Ok((format.expect("at least one expert"), modules))
+    };
+    let (gf, gate) = projection("gate_proj", inter, hidden)?;
+    let (uf, up) = projection("up_proj", inter, hidden)?;
+    let (df, down) = projection("down_proj", hidden, inter)?;
+    if gf != uf {
+        return Err(Error::Config(format!(
+            "{p}.mlp: the experts' gate_proj ({}) and up_proj ({}) differ in format, which webqwen does not support yet",
+            gf.describe(),
+            uf.describe()
+        )));
+    }
+    let paired: Vec<ModuleTensors> = gate.into_iter().zip(up).flat_map(|(g, u)| [g, u]).collect();
+    let gate_up = Matrix::with_layout(
+        gpu,
+        &format!("{p}.mlp.experts.gate_up"),
+        hidden,
+        gf,
+        paired,
+        Layout::Experts { experts, rows_per_expert: 2 * inter, paired: true },
+    )?;
+    let down = Matrix::with_layout(
+        gpu,
+        &format!("{p}.mlp.experts.down_proj"),
+        inter,
+        df,
+        down,
+        Layout::Experts { experts, rows_per_expert: hidden, paired: false },
+    )?;
+    Ok(MoeBlock { router, gate_up, down })
 }
 
 fn stack(gpu: &Gpu, name: &str, cols: usize, parts: Vec<(WeightFormat, linear::ModuleTensors)>) -> Result<Matrix> {
