@@ -23,9 +23,17 @@ pub struct BenchReport {
     pub weight_bytes: u64,
     /// Weight bytes the decode kernels read per token (each matrix once, one embedding row).
     pub weight_bytes_read_per_token: u64,
-    /// The least a decode step can read: every weight it uses, once.
+    /// The least a decode step can read: every weight it uses, once (of a MoE layer's experts,
+    /// only the top-k chosen).
     pub ideal_weight_bytes_per_token: u64,
     pub gpu_memory_bytes: u64,
+    /// MoE models: expert weight bytes per decode token, measured by the expert kernels
+    /// themselves (each workgroup counts the expert rows it read), against the ideal: the
+    /// top-k chosen experts of every MoE layer, all of their rows once.
+    pub expert_bytes_read_per_token: Option<f64>,
+    pub ideal_expert_bytes_per_token: Option<u64>,
+    /// All expert weights on the GPU.
+    pub expert_bytes: Option<u64>,
 }
 
 impl BenchReport {
@@ -48,7 +56,16 @@ impl BenchReport {
             mib(self.ideal_weight_bytes_per_token),
             self.weight_bytes_read_per_token as f64 / self.ideal_weight_bytes_per_token.max(1) as f64,
             mib(self.gpu_memory_bytes),
-        )
+        ) + &match (self.expert_bytes_read_per_token, self.ideal_expert_bytes_per_token, self.expert_bytes) {
+            (Some(read), Some(ideal), Some(all)) => format!(
+                "\nexperts  {:.1} MiB on the GPU; {:.2} MiB read per token, counted on the GPU (ideal: top-k experts {:.2} MiB, ratio {:.3})",
+                mib(all),
+                read / (1 << 20) as f64,
+                mib(ideal),
+                read / ideal.max(1) as f64
+            ),
+            _ => String::new(),
+        }
     }
 }
 
@@ -69,7 +86,13 @@ pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -
     engine.generate(&prompt[..prompt.len().min(8)], &greedy, 4, &[], &mut |_| true).await?;
     engine.reset();
     engine.counters = Default::default();
+    engine.model.expert_bytes_read().await?; // resets the expert counters
     let g = engine.generate(&prompt, &greedy, gen_tokens.max(2), &[], &mut |_| true).await?;
+    // The expert kernels count in one-token passes: the decode steps, and a prompt's last
+    // chunk when it holds a single token.
+    let one_token_passes = engine.counters.decode_steps + u64::from(prompt.len() % engine.model.chunk == 1);
+    let expert_read = engine.model.expert_bytes_read().await?.map(|b| b as f64 / one_token_passes.max(1) as f64);
+    let moe = engine.model.config.moe.clone();
     let c = &engine.counters;
     let steps = c.decode_steps.max(1) as f64;
     // The prefill pass's own submits and writes are not decode costs.
@@ -91,6 +114,11 @@ pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -
         weight_bytes_read_per_token: engine.model.decode_weight_reads(),
         ideal_weight_bytes_per_token: per_token,
         gpu_memory_bytes: engine.gpu.allocated_bytes(),
+        expert_bytes_read_per_token: expert_read,
+        ideal_expert_bytes_per_token: moe
+            .as_ref()
+            .map(|m| engine.model.expert_bytes() / m.num_experts as u64 * m.num_experts_per_tok as u64),
+        expert_bytes: moe.as_ref().map(|_| engine.model.expert_bytes()),
     })
 }
 

@@ -132,6 +132,16 @@ impl ModelConfig {
                 mlp_only_layers: raw.mlp_only_layers.unwrap_or_default(),
             }),
         };
+        if let Some(m) = &moe {
+            // The routing kernel keeps every expert's probability in workgroup memory.
+            if m.num_experts > 512 || m.num_experts_per_tok == 0 || m.num_experts_per_tok > 16.min(m.num_experts) {
+                return Err(bad(format!(
+                    "config.json: {} experts with {} per token is not supported (webqwen routes up to 512 experts, \
+                     1 to 16 per token)",
+                    m.num_experts, m.num_experts_per_tok
+                )));
+            }
+        }
         let quant_value = raw.quantization.or(raw.quantization_config).filter(|v| !v.is_null());
         let quantization = quant_value.map(|v| parse_quantization(&v)).transpose()?;
         let cfg = ModelConfig {
@@ -253,5 +263,15 @@ mod tests {
         .unwrap();
         let moe: Vec<bool> = (0..4).map(|l| cfg.is_moe_layer(l)).collect();
         assert_eq!(moe, vec![false, true, false, false]);
+    }
+
+    #[test]
+    fn rejects_unroutable_expert_counts() {
+        let base = r#""model_type":"qwen3_moe","vocab_size":10,"hidden_size":64,"num_hidden_layers":1,"num_attention_heads":2,"moe_intermediate_size":32"#;
+        for (experts, k) in [(1024, 8), (8, 0), (8, 9), (64, 32)] {
+            let e = ModelConfig::from_json(&format!(r#"{{{base},"num_experts":{experts},"num_experts_per_tok":{k}}}"#)).unwrap_err();
+            assert!(e.to_string().contains("per token"), "{e}");
+        }
+        assert!(ModelConfig::from_json(&format!(r#"{{{base},"num_experts":512,"num_experts_per_tok":16}}"#)).is_ok());
     }
 }

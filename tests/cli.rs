@@ -313,7 +313,31 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 #[test]
 fn generate_token_ids_greedy_matches_mlx_lm() {
-    let Some(dir) = fixture(BASE) else { return };
+    check_generate(BASE);
+}
+
+#[test]
+fn logits_npy_matches_mlx_lm() {
+    check_logits(BASE);
+}
+
+#[test]
+fn perplexity_json_matches_mlx_lm() {
+    check_perplexity(BASE);
+}
+
+/// MoE models work through every command exactly as dense ones.
+#[test]
+fn moe_generate_logits_perplexity_match_mlx_lm() {
+    for name in ["moe_e8k2_q4", "moe_mixed"] {
+        check_generate(name);
+        check_logits(name);
+        check_perplexity(name);
+    }
+}
+
+fn check_generate(name: &str) {
+    let Some(dir) = fixture(name) else { return };
     let greedy = read_json(&dir.join("reference/greedy.json"));
     let prompt = ids(&greedy["prompt_tokens"]);
     let want = ids(&greedy["tokens"]);
@@ -328,9 +352,9 @@ fn generate_token_ids_greedy_matches_mlx_lm() {
     // The engine stops after an eos token (and returns it); then only the prefix can be compared.
     let stopped_at_eos = got.last().is_some_and(|t| EOS.contains(t)) && got.len() < want.len();
     if stopped_at_eos {
-        assert_eq!(got[..], want[..got.len()], "greedy tokens differ from mlx-lm (stopped at eos)");
+        assert_eq!(got[..], want[..got.len()], "{name}: greedy tokens differ from mlx-lm (stopped at eos)");
     } else {
-        assert_eq!(got, want, "greedy tokens differ from mlx-lm");
+        assert_eq!(got, want, "{name}: greedy tokens differ from mlx-lm");
     }
     assert_eq!(v["prompt_tokens"].as_u64(), Some(prompt.len() as u64), "prompt_tokens: {v}");
     assert!(v["text"].is_string(), "text: {v}");
@@ -342,9 +366,8 @@ fn generate_token_ids_greedy_matches_mlx_lm() {
     assert!(num(t, "prefill_tokens_per_second") > 0.0, "{v}");
 }
 
-#[test]
-fn logits_npy_matches_mlx_lm() {
-    let Some(dir) = fixture(BASE) else { return };
+fn check_logits(name: &str) {
+    let Some(dir) = fixture(name) else { return };
     let tokens = ids(&read_json(&dir.join("reference/logits_tokens.json")));
     let tmp = TempDir::new("logits");
     let out = tmp.join("logits.npy");
@@ -361,20 +384,19 @@ fn logits_npy_matches_mlx_lm() {
         let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
         let rel = (num / den).sqrt();
         worst = worst.max(rel);
-        assert!(rel <= REL_L2_MAX, "position {t}: relative L2 error {rel:.3e} > {REL_L2_MAX:e}");
+        assert!(rel <= REL_L2_MAX, "{name}: position {t}: relative L2 error {rel:.3e} > {REL_L2_MAX:e}");
     }
-    eprintln!("logits: worst relative L2 error {worst:.2e} over {} positions", tokens.len());
+    eprintln!("{name}: logits: worst relative L2 error {worst:.2e} over {} positions", tokens.len());
 }
 
-#[test]
-fn perplexity_json_matches_mlx_lm() {
-    let Some(dir) = fixture(BASE) else { return };
+fn check_perplexity(name: &str) {
+    let Some(dir) = fixture(name) else { return };
     let want = read_json(&dir.join("reference/ppl.json"));
     let run = webqwen(&["perplexity", "--model", s(&dir), "--text", s(&dir.join("reference/ppl.txt")), "--json"]).ok();
     let v = run.json();
     let (ppl, ppl_mlx) = (num(&v, "ppl"), num(&want, "ppl"));
     let rel = (ppl - ppl_mlx).abs() / ppl_mlx;
-    assert!(rel <= PPL_REL_MAX, "perplexity {ppl} vs mlx-lm {ppl_mlx} ({rel:.2e} relative)");
+    assert!(rel <= PPL_REL_MAX, "{name}: perplexity {ppl} vs mlx-lm {ppl_mlx} ({rel:.2e} relative)");
     assert_eq!(v["tokens"].as_u64(), want["tokens"].as_u64(), "scored tokens: {v}");
     let nll = num(&v, "nll");
     assert!((nll.exp() - ppl).abs() <= 1e-6 * ppl, "ppl must be exp(nll): {v}");
@@ -406,6 +428,37 @@ fn info_model_prints_shapes_and_quantization() {
     for want in [&layers, &hidden, &quant, &"qwen3".to_string(), &format!("vocab {VOCAB}")] {
         assert!(out.contains(want.as_str()), "no {want:?}: {}", run.describe());
     }
+}
+
+#[test]
+fn info_moe_model_prints_experts_and_memory_split() {
+    let Some(dir) = fixture("moe_mixed") else { return };
+    let run = webqwen(&["info", "--model", s(&dir)]).ok();
+    for want in ["qwen3_moe", "experts: 8 per MoE layer, top-2", "1 of 4 layers MoE", "mlp.gate", "switch_mlp", "memory:", "MiB of experts"] {
+        assert!(run.stdout.contains(want), "no {want:?}: {}", run.describe());
+    }
+    let Some(dir) = fixture("moe_hf") else { return };
+    let run = webqwen(&["info", "--model", s(&dir)]).ok();
+    assert!(run.stdout.contains("per-expert"), "{}", run.describe());
+}
+
+/// The MoE counters on a small fixture: only the chosen experts' weights are read (counted by
+/// the expert kernels on the GPU), and nothing but the token id is read back.
+#[test]
+fn bench_moe_reads_only_chosen_experts() {
+    let Some(dir) = fixture("moe_e16k4_q8") else { return };
+    let run = webqwen(&["bench", "--model", s(&dir), "--prompt-tokens", "8", "--gen-tokens", "4", "--json"]).ok();
+    let v = run.json();
+    let close = |key: &str, want: f64| {
+        let x = num(&v, key);
+        assert!((x - want).abs() < 1e-9, "{key} = {x}, expected {want}: {v}");
+    };
+    close("submits_per_token", 1.0);
+    close("readback_bytes_per_token", 4.0);
+    close("uniform_writes_per_token", 1.0);
+    let ideal = num(&v, "ideal_expert_bytes_per_token");
+    assert!(ideal > 0.0 && ideal < num(&v, "expert_bytes") / 3.0, "top-4 of 16 experts: {v}");
+    close("expert_bytes_read_per_token", ideal);
 }
 
 #[test]
@@ -593,6 +646,42 @@ fn bad_model_missing_tensor() {
         webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
             .fails_with(&["model.safetensors", named]);
     }
+}
+
+#[test]
+fn bad_moe_missing_or_misshapen_expert_tensors() {
+    let Some(dir) = fixture("moe_e8k2_q4") else { return };
+    let tmp = copy_model(&dir, "moe-missing");
+    let st = tmp.join("model.safetensors");
+    let file = Safetensors::read(&st);
+    for (name, named) in [
+        ("model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.weight"),
+        ("model.layers.0.mlp.switch_mlp.down_proj.weight", "model.layers.0.mlp.switch_mlp.down_proj"),
+        ("model.layers.1.mlp.switch_mlp.up_proj.scales", "model.layers.1.mlp.switch_mlp.up_proj"),
+    ] {
+        let mut broken = file.clone();
+        let entry = broken.header.remove(name).unwrap_or_else(|| panic!("{name} in the fixture"));
+        broken.header.insert(format!("{name}_renamed"), entry);
+        broken.write(&st);
+        webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+            .fails_with(&["model.safetensors", named]);
+    }
+    file.write(&st);
+    for (key, factor, named) in [("moe_intermediate_size", 2, "switch_mlp"), ("num_experts", 2, "mlp.gate")] {
+        let tmp = copy_model(&dir, "moe-shape");
+        edit_config(tmp.path(), |c| {
+            let v = c[key].as_u64().unwrap();
+            c.insert(key.into(), (v * factor).into());
+        });
+        webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+            .fails_with(&["model.safetensors", named]);
+    }
+    let tmp = copy_model(&dir, "moe-topk");
+    edit_config(tmp.path(), |c| {
+        c.insert("num_experts_per_tok".into(), 32.into());
+    });
+    webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+        .fails_with(&["config.json", "per token"]);
 }
 
 #[test]

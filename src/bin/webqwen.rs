@@ -89,6 +89,9 @@ enum Command {
         /// Random 4-bit weights of a real Qwen3 shape, made in process (no download).
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(webqwen::weights::synthetic::SHAPES))]
         synthetic: Option<String>,
+        /// With --synthetic: this many decoder layers instead of the real count (to fit memory).
+        #[arg(long, requires = "synthetic")]
+        layers: Option<usize>,
         #[arg(long, default_value_t = 128)]
         prompt_tokens: usize,
         #[arg(long, default_value_t = 64)]
@@ -102,6 +105,9 @@ enum Command {
     Synth {
         #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(webqwen::weights::synthetic::SHAPES))]
         shape: String,
+        /// This many decoder layers instead of the real count.
+        #[arg(long)]
+        layers: Option<usize>,
         #[arg(long)]
         out: PathBuf,
         /// Directory holding tokenizer.json and tokenizer_config.json to copy in.
@@ -219,11 +225,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Logits { model, token_ids, out } => logits(model, token_ids, out).await,
         Command::Perplexity { model, text, json } => perplexity(model, text, json).await,
-        Command::Bench { model, synthetic, prompt_tokens, gen_tokens, json, gpu } => {
-            bench(model, synthetic, prompt_tokens, gen_tokens, json, gpu).await
+        Command::Bench { model, synthetic, layers, prompt_tokens, gen_tokens, json, gpu } => {
+            bench(model, synthetic, layers, prompt_tokens, gen_tokens, json, gpu).await
         }
-        Command::Synth { shape, out, tokenizer } => {
-            let bytes = webqwen::weights::synthetic::write_model_dir(&shape, &out, &tokenizer)?;
+        Command::Synth { shape, layers, out, tokenizer } => {
+            let bytes = webqwen::weights::synthetic::write_model_dir(&shape, layers, &out, &tokenizer)?;
             eprintln!("wrote {} ({:.1} MiB of weights)", out.display(), bytes as f64 / (1 << 20) as f64);
             Ok(())
         }
@@ -452,11 +458,21 @@ async fn perplexity(args: ModelArgs, text: PathBuf, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn bench(model: Option<String>, synthetic: Option<String>, prompt_tokens: usize, gen_tokens: usize, json: bool, gpu: GpuArgs) -> Result<()> {
-    let opts = gpu.load_options();
+async fn bench(
+    model: Option<String>,
+    synthetic: Option<String>,
+    layers: Option<usize>,
+    prompt_tokens: usize,
+    gen_tokens: usize,
+    json: bool,
+    gpu: GpuArgs,
+) -> Result<()> {
+    let mut opts = gpu.load_options();
+    // MoE kernels then count the expert rows they read, to show only the chosen experts are.
+    opts.model.count_expert_reads = true;
     let t0 = std::time::Instant::now();
     let (mut engine, label) = if let Some(shape) = synthetic {
-        let config = ModelConfig::from_json(&webqwen::weights::synthetic::config_json(&shape)?)?;
+        let config = ModelConfig::from_json(&webqwen::weights::synthetic::config_json(&shape, layers)?)?;
         let (index, mut source) = webqwen::weights::synthetic::synthetic(&config);
         let bar = progress_bar("generating weights");
         let engine = Engine::load(config, &index, &mut source, 151669, &opts, &mut |d, t| {
@@ -465,7 +481,8 @@ async fn bench(model: Option<String>, synthetic: Option<String>, prompt_tokens: 
         })
         .await?;
         bar.finish_and_clear();
-        (engine, format!("synthetic Qwen3-{shape} 4-bit g64"))
+        let layers = layers.map(|n| format!(", {n} layers")).unwrap_or_default();
+        (engine, format!("synthetic Qwen3-{shape} 4-bit g64{layers}"))
     } else {
         let name = model.expect("clap requires --model or --synthetic");
         let dir = resolve(&name)?;
@@ -545,13 +562,55 @@ fn model_info(dir: &Path) -> Result<()> {
     }
     let bytes: u64 = index.tensors.values().map(|t| t.len).sum();
     println!("  weights: {} tensors in {} file(s), {:.1} MiB", index.tensors.len(), index.files.len(), bytes as f64 / (1 << 20) as f64);
-    for (path, rows, cols) in [
-        ("model.embed_tokens", c.vocab_size, c.hidden_size),
-        ("model.layers.0.self_attn.q_proj", c.num_heads * c.head_dim, c.hidden_size),
-        ("model.layers.0.mlp.down_proj", c.hidden_size, c.intermediate_size),
-    ] {
-        let (f, _) = webqwen::model::linear::module_format(&index, c.quantization.as_ref(), path, rows, cols)?;
+    let quant = c.quantization.as_ref();
+    let mut shown = vec![
+        ("model.embed_tokens".to_string(), c.vocab_size, c.hidden_size),
+        ("model.layers.0.self_attn.q_proj".to_string(), c.num_heads * c.head_dim, c.hidden_size),
+    ];
+    if let Some(l) = (0..c.num_layers).find(|&l| !c.is_moe_layer(l)) {
+        shown.push((format!("model.layers.{l}.mlp.down_proj"), c.hidden_size, c.intermediate_size));
+    }
+    for (path, rows, cols) in shown {
+        let (f, _) = webqwen::model::linear::module_format(&index, quant, &path, rows, cols)?;
         println!("  {path}: [{rows}, {cols}] {}", f.describe());
+    }
+    if let Some(m) = &c.moe {
+        let moe_layers: Vec<usize> = (0..c.num_layers).filter(|&l| c.is_moe_layer(l)).collect();
+        println!(
+            "  experts: {} per MoE layer, top-{} ({}), expert size {}, {} of {} layers MoE",
+            m.num_experts,
+            m.num_experts_per_tok,
+            if m.norm_topk_prob { "renormalised" } else { "not renormalised" },
+            m.moe_intermediate_size,
+            moe_layers.len(),
+            c.num_layers
+        );
+        if let Some(&l) = moe_layers.first() {
+            let router = format!("model.layers.{l}.mlp.gate");
+            let (f, _) = webqwen::model::linear::module_format(&index, quant, &router, m.num_experts, c.hidden_size)?;
+            println!("  {router}: [{}, {}] {}", m.num_experts, c.hidden_size, f.describe());
+            let stacked = format!("model.layers.{l}.mlp.switch_mlp.down_proj");
+            let layout = if index.get(&format!("{stacked}.weight")).is_some() {
+                let (f, _) = webqwen::model::linear::stacked_format(&index, quant, &stacked, Some(m.num_experts), c.hidden_size, m.moe_intermediate_size)?;
+                format!("{} (stacked)", f.describe())
+            } else {
+                "Hugging Face per-expert tensors (stacked at load)".to_string()
+            };
+            println!("  {stacked}: [{}, {}, {}] {layout}", m.num_experts, c.hidden_size, m.moe_intermediate_size);
+        }
+        let is_expert = |name: &str| name.contains(".mlp.switch_mlp.") || name.contains(".mlp.experts.");
+        let expert: u64 = index.tensors.iter().filter(|(n, _)| is_expert(n)).map(|(_, t)| t.len).sum();
+        let chosen = expert / m.num_experts as u64 * m.num_experts_per_tok as u64;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "  memory: {:.1} MiB shared (embeddings, attention, routers, dense MLPs) + {:.1} MiB of experts, \
+             of which a token uses {:.1} MiB (top-{} of {})",
+            mib(bytes - expert),
+            mib(expert),
+            mib(chosen),
+            m.num_experts_per_tok,
+            m.num_experts
+        );
     }
     Ok(())
 }

@@ -1,26 +1,41 @@
 //! Random 4-bit weights of the real Qwen3 shapes, generated on the fly: `bench --synthetic` runs
 //! anywhere without downloads, and `synth` writes the same bytes out as an MLX model directory.
-//! Values are scaled so activations stay O(1) (codes uniform in 0..15, bias = -7.5 * scale).
+//! Values are scaled so activations stay O(1) (codes uniform, bias = -(max code / 2) * scale).
+//! The MoE shape (30B-A3B) has its router at 8 bits, as mlx-lm's current conversions do.
 
 use super::{ByteSource, DType, TensorEntry, WeightIndex};
 use crate::error::{Error, Result};
 
-pub const SHAPES: &[&str] = &["0.6b", "1.7b", "4b", "8b"];
+pub const SHAPES: &[&str] = &["0.6b", "1.7b", "4b", "8b", "30b-a3b"];
 
-/// config.json of a synthetic model (official shapes, 4-bit group 64).
-pub fn config_json(shape: &str) -> Result<String> {
-    let (hidden, layers, heads, kv, inter, tied, theta) = match shape {
+/// config.json of a synthetic model (official shapes, 4-bit group 64), with `layers` decoder
+/// layers instead of the real count when given (a smaller model of the same layer shape).
+pub fn config_json(shape: &str, layers: Option<usize>) -> Result<String> {
+    let (hidden, real_layers, heads, kv, inter, tied, theta) = match shape {
         "0.6b" => (1024, 28, 16, 8, 3072, true, 1e6),
         "1.7b" => (2048, 28, 16, 8, 6144, true, 1e6),
         "4b" => (2560, 36, 32, 8, 9728, true, 1e6),
         "8b" => (4096, 36, 32, 8, 12288, false, 1e6),
+        "30b-a3b" => (2048, 48, 32, 4, 6144, false, 1e6),
         other => {
             return Err(Error::Invalid(format!("unknown synthetic shape {other:?} (choose one of {})", SHAPES.join(", "))))
         }
     };
-    Ok(serde_json::json!({
-        "architectures": ["Qwen3ForCausalLM"],
-        "model_type": "qwen3",
+    let layers = match layers {
+        Some(0) => return Err(Error::Invalid("--layers must be at least 1".into())),
+        Some(n) => n,
+        None => real_layers,
+    };
+    let moe = shape == "30b-a3b";
+    let mut quantization = serde_json::json!({"group_size": 64, "bits": 4, "mode": "affine"});
+    if moe {
+        for l in 0..layers {
+            quantization[format!("model.layers.{l}.mlp.gate")] = serde_json::json!({"group_size": 64, "bits": 8});
+        }
+    }
+    let mut config = serde_json::json!({
+        "architectures": [if moe { "Qwen3MoeForCausalLM" } else { "Qwen3ForCausalLM" }],
+        "model_type": if moe { "qwen3_moe" } else { "qwen3" },
         "vocab_size": 151936,
         "hidden_size": hidden,
         "intermediate_size": inter,
@@ -35,10 +50,22 @@ pub fn config_json(shape: &str) -> Result<String> {
         "bos_token_id": 151643,
         "eos_token_id": 151645,
         "torch_dtype": "bfloat16",
-        "quantization": {"group_size": 64, "bits": 4, "mode": "affine"},
-        "quantization_config": {"group_size": 64, "bits": 4, "mode": "affine"},
-    })
-    .to_string())
+        "quantization": quantization.clone(),
+        "quantization_config": quantization,
+    });
+    if moe {
+        for (k, v) in [
+            ("num_experts", serde_json::json!(128)),
+            ("num_experts_per_tok", serde_json::json!(8)),
+            ("moe_intermediate_size", serde_json::json!(768)),
+            ("norm_topk_prob", serde_json::json!(true)),
+            ("decoder_sparse_step", serde_json::json!(1)),
+            ("mlp_only_layers", serde_json::json!([])),
+        ] {
+            config[k] = v;
+        }
+    }
+    Ok(config.to_string())
 }
 
 #[derive(Clone, Copy)]
@@ -67,11 +94,18 @@ pub fn synthetic(config: &crate::config::ModelConfig) -> (WeightIndex, Synthetic
         regions.push((at, len, fill));
         at += len;
     };
+    // `lead`: a leading expert dimension (stacked experts), empty for a plain matrix.
+    let quantized = |add: &mut dyn FnMut(String, DType, Vec<usize>, Fill), path: String, lead: &[usize], rows: usize, cols: usize, bits: usize| {
+        let max_code = ((1 << bits) - 1) as f32;
+        // uniform codes have std max/sqrt(12): scale so that each output has unit variance
+        let scale = 1.0 / (max_code / 12f32.sqrt() * (cols as f32).sqrt());
+        let shape = |last: usize| lead.iter().copied().chain([rows, last]).collect::<Vec<_>>();
+        add(format!("{path}.weight"), DType::U32, shape(cols * bits / 32), Fill::Codes);
+        add(format!("{path}.scales"), DType::BF16, shape(cols / 64), Fill::Scale(scale));
+        add(format!("{path}.biases"), DType::BF16, shape(cols / 64), Fill::Bias(-max_code / 2.0 * scale));
+    };
     let linear = |add: &mut dyn FnMut(String, DType, Vec<usize>, Fill), path: String, rows: usize, cols: usize| {
-        let scale = 1.0 / (4.6 * (cols as f32).sqrt());
-        add(format!("{path}.weight"), DType::U32, vec![rows, cols / 8], Fill::Codes);
-        add(format!("{path}.scales"), DType::BF16, vec![rows, cols / 64], Fill::Scale(scale));
-        add(format!("{path}.biases"), DType::BF16, vec![rows, cols / 64], Fill::Bias(-7.5 * scale));
+        quantized(add, path, &[], rows, cols, 4)
     };
     let (h, q, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
     linear(&mut add, "model.embed_tokens".into(), c.vocab_size, h);
@@ -85,9 +119,20 @@ pub fn synthetic(config: &crate::config::ModelConfig) -> (WeightIndex, Synthetic
         linear(&mut add, format!("{p}.self_attn.k_proj"), kv, h);
         linear(&mut add, format!("{p}.self_attn.v_proj"), kv, h);
         linear(&mut add, format!("{p}.self_attn.o_proj"), h, q);
-        linear(&mut add, format!("{p}.mlp.gate_proj"), c.intermediate_size, h);
-        linear(&mut add, format!("{p}.mlp.up_proj"), c.intermediate_size, h);
-        linear(&mut add, format!("{p}.mlp.down_proj"), h, c.intermediate_size);
+        match &c.moe {
+            Some(m) if c.is_moe_layer(l) => {
+                let (e, i) = (m.num_experts, m.moe_intermediate_size);
+                quantized(&mut add, format!("{p}.mlp.gate"), &[], e, h, 8);
+                quantized(&mut add, format!("{p}.mlp.switch_mlp.gate_proj"), &[e], i, h, 4);
+                quantized(&mut add, format!("{p}.mlp.switch_mlp.up_proj"), &[e], i, h, 4);
+                quantized(&mut add, format!("{p}.mlp.switch_mlp.down_proj"), &[e], h, i, 4);
+            }
+            _ => {
+                linear(&mut add, format!("{p}.mlp.gate_proj"), c.intermediate_size, h);
+                linear(&mut add, format!("{p}.mlp.up_proj"), c.intermediate_size, h);
+                linear(&mut add, format!("{p}.mlp.down_proj"), h, c.intermediate_size);
+            }
+        }
     }
     add("model.norm.weight".into(), DType::BF16, vec![h], Fill::Ones);
     if !c.tie_word_embeddings {
@@ -138,10 +183,10 @@ impl ByteSource for SyntheticSource {
 /// Write a synthetic model as an MLX model directory: config.json, model.safetensors (streamed
 /// tensor by tensor), and the tokenizer files copied from `tokenizer_dir`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn write_model_dir(shape: &str, out: &std::path::Path, tokenizer_dir: &std::path::Path) -> Result<u64> {
+pub fn write_model_dir(shape: &str, layers: Option<usize>, out: &std::path::Path, tokenizer_dir: &std::path::Path) -> Result<u64> {
     use std::io::Write;
     let io = |p: &std::path::Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
-    let config_text = config_json(shape)?;
+    let config_text = config_json(shape, layers)?;
     let config = crate::config::ModelConfig::from_json(&config_text)?;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     for f in ["tokenizer.json", "tokenizer_config.json"] {
