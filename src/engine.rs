@@ -19,6 +19,32 @@ pub struct LoadOptions {
     pub model: ModelOptions,
 }
 
+/// A model whose GPU buffers exist and whose weights are arriving.
+pub struct Loading {
+    pub model: Qwen3,
+    sink: load::WeightSink,
+    sample_vocab: usize,
+}
+
+impl Loading {
+    /// Bytes `offset ..` of weight file `file` (index order); each file's chunks in order, any
+    /// sizes, header bytes included or not.
+    pub fn write(&mut self, file: usize, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.sink.write(file, offset, bytes)
+    }
+
+    /// (tensor bytes received, tensor bytes needed).
+    pub fn progress(&self) -> (u64, u64) {
+        self.sink.progress()
+    }
+
+    /// Check every tensor arrived whole; the engine is then ready.
+    pub fn finish(self) -> Result<Engine> {
+        self.sink.finish()?;
+        Ok(Engine::assemble(self.model, self.sample_vocab))
+    }
+}
+
 /// What one generation produced.
 #[derive(Clone, Debug, Default)]
 pub struct Generation {
@@ -80,11 +106,23 @@ impl Engine {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Engine> {
+        let Loading { model, sink, sample_vocab } = Engine::prepare(config, index, sample_vocab, opts).await?;
+        load::stream_weights(sink, source, progress)?;
+        Ok(Engine::assemble(model, sample_vocab))
+    }
+
+    /// Open the GPU and allocate the model; its weights then arrive through `Loading::write`
+    /// (the browser pushes fetch-stream chunks there).
+    pub async fn prepare(config: ModelConfig, index: &WeightIndex, sample_vocab: usize, opts: &LoadOptions) -> Result<Loading> {
         let gpu = Gpu::new(&opts.gpu).await?;
         let model = Qwen3::new(gpu.clone(), config, index, &opts.model)?;
         let (dests, norms) = model.weight_routes();
-        load::stream_weights(&gpu, index, source, &dests, norms, progress)?;
-        drop(dests);
+        let sink = load::WeightSink::new(gpu, index, &dests, norms)?;
+        Ok(Loading { model, sink, sample_vocab })
+    }
+
+    fn assemble(model: Qwen3, sample_vocab: usize) -> Engine {
+        let gpu = model.gpu.clone();
         let vocab = model.config.vocab_size as u32;
         let sampler = GpuSampler::new(
             &gpu.device,
@@ -105,7 +143,7 @@ impl Engine {
             })
         };
         let readback = [rb(0), rb(1)];
-        Ok(Engine { gpu, model, sampler, readback, cached: Vec::new(), counters: Counters::default() })
+        Engine { gpu, model, sampler, readback, cached: Vec::new(), counters: Counters::default() }
     }
 
     pub fn config(&self) -> &ModelConfig {

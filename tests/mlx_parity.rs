@@ -192,3 +192,55 @@ fn tokenizer_matches_python() {
         assert_eq!(tok.decode(&ids(&c["ids"]), false), c["decoded"].as_str().unwrap(), "decode of {text:?}");
     }
 }
+
+/// The browser's path: whole weight files pushed from byte 0 (headers included) in chunks of odd,
+/// varying sizes, as a fetch stream delivers them, give exactly the logits of the native loader.
+#[test]
+fn weights_pushed_in_odd_chunks_load_identically() {
+    let Some(root) = fixtures() else { return };
+    for name in ["mixed", "moe_e16k4_q8"] {
+        let dir = root.join(name);
+        let tokens = ids(&read_json(&dir.join("reference/logits_tokens.json")));
+        let mut opts = LoadOptions::default();
+        opts.gpu.max_storage_binding = Some(1 << 20); // many pieces, paired and expert routes
+        let mut reference = load(&dir, &opts);
+        let want = pollster::block_on(reference.engine.logits(&tokens)).unwrap();
+        drop(reference);
+
+        let config = webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let (index, _) = webqwen::weights::open_dir(&dir).unwrap();
+        let mut loading = pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &opts)).unwrap();
+        let sizes = [1usize, 3, 7, 4096, 5, 65_537, 2, 1 << 20, 13];
+        let mut chunks = 0;
+        for (f, file) in index.files.iter().enumerate() {
+            let bytes = std::fs::read(file).unwrap();
+            let mut at = 0;
+            while at < bytes.len() {
+                let n = sizes[chunks % sizes.len()].min(bytes.len() - at);
+                loading.write(f, at as u64, &bytes[at..at + n]).unwrap();
+                at += n;
+                chunks += 1;
+            }
+        }
+        let (done, total) = loading.progress();
+        assert_eq!(done, total, "{name}: every tensor byte arrived");
+        let mut engine = loading.finish().unwrap();
+        let got = pollster::block_on(engine.logits(&tokens)).unwrap();
+        assert!(got == want, "{name}: logits differ after a chunked load");
+        println!("{name}: {chunks} chunks, identical logits");
+    }
+}
+
+/// A stream that stops early is reported, naming the tensor, never used.
+#[test]
+fn weights_pushed_incompletely_are_an_error() {
+    let Some(root) = fixtures() else { return };
+    let dir = root.join("q4_g64");
+    let config = webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let (index, _) = webqwen::weights::open_dir(&dir).unwrap();
+    let mut loading = pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &LoadOptions::default())).unwrap();
+    let bytes = std::fs::read(&index.files[0]).unwrap();
+    loading.write(0, 0, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = loading.finish().err().expect("a truncated stream must fail");
+    assert!(err.to_string().contains("tensor") && err.to_string().contains("arrived"), "{err}");
+}

@@ -150,33 +150,45 @@ fn splitmix(mut z: u64) -> u64 {
 
 impl ByteSource for SyntheticSource {
     fn read(&mut self, _file: usize, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let i = self.regions.partition_point(|r| r.0 <= offset).saturating_sub(1);
-        let (start, len, fill) = self.regions[i];
-        if offset + buf.len() as u64 > start + len {
-            return Err(Error::Invalid("synthetic reads must stay within one tensor".into()));
-        }
-        match fill {
-            Fill::Codes => {
-                // 8 random bytes per 8-byte-aligned word, so any sub-range reads the same bytes.
-                for (k, b) in buf.iter_mut().enumerate() {
-                    let at = offset + k as u64;
-                    *b = (splitmix(at / 8) >> ((at % 8) * 8)) as u8;
-                }
-            }
-            Fill::Scale(v) | Fill::Bias(v) => {
-                let bytes = half::bf16::from_f32(v).to_le_bytes();
-                for (k, b) in buf.iter_mut().enumerate() {
-                    *b = bytes[((offset - start) as usize + k) % 2];
-                }
-            }
-            Fill::Ones => {
-                let bytes = half::bf16::from_f32(1.0).to_le_bytes();
-                for (k, b) in buf.iter_mut().enumerate() {
-                    *b = bytes[((offset - start) as usize + k) % 2];
-                }
-            }
+        // A read may span several tensors: fill it region by region.
+        let mut at = offset;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let i = self.regions.partition_point(|r| r.0 <= at).saturating_sub(1);
+            let (start, len, fill) = *self.regions.get(i).filter(|r| r.0 <= at && at < r.0 + r.1).ok_or_else(|| {
+                Error::Invalid(format!("synthetic read at {at} is outside every tensor"))
+            })?;
+            let n = ((start + len - at) as usize).min(rest.len());
+            let (now, later) = rest.split_at_mut(n);
+            fill_region(fill, start, at, now);
+            at += n as u64;
+            rest = later;
         }
         Ok(())
+    }
+}
+
+fn fill_region(fill: Fill, start: u64, offset: u64, buf: &mut [u8]) {
+    match fill {
+        Fill::Codes => {
+            // 8 random bytes per 8-byte-aligned word, so any sub-range reads the same bytes.
+            for (k, b) in buf.iter_mut().enumerate() {
+                let at = offset + k as u64;
+                *b = (splitmix(at / 8) >> ((at % 8) * 8)) as u8;
+            }
+        }
+        Fill::Scale(v) | Fill::Bias(v) => {
+            let bytes = half::bf16::from_f32(v).to_le_bytes();
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = bytes[((offset - start) as usize + k) % 2];
+            }
+        }
+        Fill::Ones => {
+            let bytes = half::bf16::from_f32(1.0).to_le_bytes();
+            for (k, b) in buf.iter_mut().enumerate() {
+                *b = bytes[((offset - start) as usize + k) % 2];
+            }
+        }
     }
 }
 
