@@ -18,3 +18,5 @@ pub mod tokenizer;
 pub mod chat;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -1,0 +1,405 @@
+//! The JavaScript-facing API (wasm32 only), used by the package's Web Worker (`www/pkg-src/worker.js`):
+//! it fetches and caches files, and pushes weight bytes here chunk by chunk. Thin over
+//! `Engine`/`Session`: everything model-related is the same code as natively.
+//!
+//! Errors reach JS as `Error` objects whose `name` says what went wrong: `WebGPUUnavailable`,
+//! `LimitsTooSmall`, `BadModel`, `InvalidRequest`, `EngineError`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use sha2::Digest;
+use wasm_bindgen::prelude::*;
+
+use crate::chat::{ChatTemplate, Message, TextEvent};
+use crate::config::ModelConfig;
+use crate::engine::{Engine as CoreEngine, LoadOptions, Loading};
+use crate::error::Error;
+use crate::gpu::{Gpu, GpuOptions};
+use crate::model::ModelOptions;
+use crate::session::{CompletionRequest, Session};
+use crate::tokenizer::Tokenizer;
+use crate::weights::WeightIndex;
+
+/// The JS error name of an error's kind.
+fn error_name(e: &Error) -> &'static str {
+    match e {
+        Error::Gpu(m) if m.contains("no GPU adapter") => "WebGPUUnavailable",
+        Error::Gpu(_) => "EngineError",
+        Error::Limit(_) => "LimitsTooSmall",
+        Error::Config(_) | Error::Weights { .. } | Error::Io { .. } | Error::Text(_) => "BadModel",
+        Error::Invalid(_) => "InvalidRequest",
+    }
+}
+
+fn named_error(name: &str, message: &str) -> JsValue {
+    let err = js_sys::Error::new(message);
+    err.set_name(name);
+    err.into()
+}
+
+/// A JS `Error` with `name` set from the error's kind.
+fn js_error(e: Error) -> JsValue {
+    named_error(error_name(&e), &e.to_string())
+}
+
+fn invalid(msg: impl Into<String>) -> JsValue {
+    js_error(Error::Invalid(msg.into()))
+}
+
+fn to_js(v: &serde_json::Value) -> JsValue {
+    js_sys::JSON::parse(&v.to_string()).unwrap_or(JsValue::NULL)
+}
+
+fn gpu_json(gpu: &Gpu) -> serde_json::Value {
+    let a = &gpu.adapter_info;
+    let mut features = Vec::new();
+    if gpu.has_f16 {
+        features.push("shader-f16");
+    }
+    if gpu.has_subgroups {
+        features.push("subgroups");
+    }
+    serde_json::json!({
+        "adapter": a.name,
+        "backend": format!("{:?}", a.backend),
+        "features": features,
+        "limits": {
+            "maxStorageBufferBindingSize": gpu.limits.max_storage_buffer_binding_size,
+            "maxBufferSize": gpu.limits.max_buffer_size,
+            "maxComputeWorkgroupStorageSize": gpu.limits.max_compute_workgroup_storage_size,
+            "maxStorageBuffersPerShaderStage": gpu.limits.max_storage_buffers_per_shader_stage,
+        },
+        "maxBinding": gpu.max_binding,
+    })
+}
+
+/// The adapter, its usable features and limits.
+#[wasm_bindgen(js_name = gpuInfo)]
+pub async fn gpu_info() -> Result<JsValue, JsValue> {
+    let gpu = Gpu::new(&GpuOptions::default()).await.map_err(js_error)?;
+    Ok(to_js(&gpu_json(&gpu)))
+}
+
+/// Incremental SHA-256, to check cached and downloaded files without holding them whole.
+#[wasm_bindgen]
+pub struct Sha256(sha2::Sha256);
+
+#[wasm_bindgen]
+impl Sha256 {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> Sha256 {
+        Sha256(sha2::Sha256::new())
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The digest as lowercase hex; the hasher starts over.
+    pub fn hex(&mut self) -> String {
+        let digest = std::mem::take(&mut self.0).finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Sha256::new()
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LoaderOptions {
+    max_storage_binding: Option<u64>,
+    context: Option<usize>,
+}
+
+/// Loads one model: headers first (`addHeader`), then `plan()` allocates the GPU buffers, then the
+/// weight bytes stream in (`write`), then `finish()` gives the engine.
+#[wasm_bindgen]
+pub struct ModelLoader {
+    config: ModelConfig,
+    options: LoadOptions,
+    index: WeightIndex,
+    sizes: Vec<u64>,
+    loading: Option<Loading>,
+}
+
+#[wasm_bindgen]
+impl ModelLoader {
+    /// `options`: `{ maxStorageBinding?, context? }`.
+    pub async fn create(config_json: String, options: JsValue) -> Result<ModelLoader, JsValue> {
+        let config = ModelConfig::from_json(&config_json).map_err(js_error)?;
+        let opts: LoaderOptions = if options.is_undefined() || options.is_null() {
+            LoaderOptions::default()
+        } else {
+            let text = js_sys::JSON::stringify(&options).map_err(|_| invalid("options must be a plain object"))?;
+            serde_json::from_str(&String::from(text)).map_err(|e| invalid(format!("options: {e}")))?
+        };
+        let options = LoadOptions {
+            gpu: GpuOptions { max_storage_binding: opts.max_storage_binding, ..Default::default() },
+            model: ModelOptions { context: opts.context, ..Default::default() },
+        };
+        Ok(ModelLoader { config, options, index: WeightIndex::default(), sizes: Vec::new(), loading: None })
+    }
+
+    /// 8 + the header length of a safetensors file, from its first 8 bytes.
+    #[wasm_bindgen(js_name = headerLength)]
+    pub fn header_length(&self, first8: &[u8]) -> Result<f64, JsValue> {
+        let prefix: [u8; 8] = first8.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("need the first 8 bytes"))?;
+        let n = u64::from_le_bytes(prefix);
+        if n > 100_000_000 {
+            return Err(js_error(Error::Config(format!("not a safetensors file (its header length would be {n} bytes)"))));
+        }
+        Ok((8 + n) as f64)
+    }
+
+    /// The first `headerLength` bytes of weight file `file` of `size` bytes. Files are numbered in
+    /// the order their headers are added; `write` names them the same way.
+    #[wasm_bindgen(js_name = addHeader)]
+    pub fn add_header(&mut self, file: String, header: &[u8], size: f64) -> Result<(), JsValue> {
+        if self.loading.is_some() {
+            return Err(invalid("addHeader after plan()"));
+        }
+        if header.len() < 8 {
+            return Err(js_error(Error::weights(file, "file is too short to be safetensors")));
+        }
+        self.index.add_file(&file, size as u64, &header[8..]).map_err(js_error)?;
+        self.sizes.push(size as u64);
+        Ok(())
+    }
+
+    /// Open the GPU and allocate every buffer. Fails with `LimitsTooSmall` when the model, its KV
+    /// cache or its activations cannot fit this device's limits.
+    pub async fn plan(&mut self) -> Result<JsValue, JsValue> {
+        if self.index.files.is_empty() {
+            return Err(invalid("plan() before any addHeader"));
+        }
+        // The tokenizer's ids end at 151669 for every Qwen3; rows past it are never sampled.
+        let loading = CoreEngine::prepare(self.config.clone(), &self.index, 151_669, &self.options).await.map_err(js_error)?;
+        let (weight_bytes, _) = loading.model.weight_bytes();
+        let plan = serde_json::json!({
+            "gpuBytes": loading.model.gpu.allocated_bytes(),
+            "weightBytes": weight_bytes,
+            "context": loading.model.context,
+            "files": self.index.files.iter().zip(&self.sizes).map(|(n, s)| serde_json::json!({"name": n, "size": s})).collect::<Vec<_>>(),
+            "gpu": gpu_json(&loading.model.gpu),
+        });
+        self.loading = Some(loading);
+        Ok(to_js(&plan))
+    }
+
+    /// Bytes of `file` from absolute offset `offset` (each file's chunks in order).
+    pub fn write(&mut self, file: String, offset: f64, bytes: &[u8]) -> Result<(), JsValue> {
+        let loading = self.loading.as_mut().ok_or_else(|| invalid("write() before plan()"))?;
+        let f = self.index.files.iter().position(|n| *n == file).ok_or_else(|| invalid(format!("{file} is not a weight file of this model")))?;
+        loading.write(f, offset as u64, bytes).map_err(js_error)
+    }
+
+    /// Tensor bytes received and needed: `[done, total]`.
+    pub fn progress(&self) -> Vec<f64> {
+        let (d, t) = self.loading.as_ref().map(|l| l.progress()).unwrap_or((0, 0));
+        vec![d as f64, t as f64]
+    }
+
+    /// Check every tensor arrived and build the engine with its tokenizer and chat template.
+    pub async fn finish(
+        &mut self,
+        tokenizer_json: String,
+        tokenizer_config_json: Option<String>,
+        chat_template: Option<String>,
+        generation_config_json: Option<String>,
+    ) -> Result<Engine, JsValue> {
+        let loading = self.loading.take().ok_or_else(|| invalid("finish() before plan()"))?;
+        let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), tokenizer_config_json.as_deref().map(str::as_bytes))
+            .map_err(|e| js_error(Error::Text(format!("tokenizer.json: {e}"))))?;
+        let template_src = chat_template.or_else(|| {
+            tokenizer_config_json
+                .as_deref()
+                .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+                .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from))
+        });
+        let template = template_src
+            .map(|t| ChatTemplate::for_tokenizer(&t, &tokenizer))
+            .transpose()
+            .map_err(|e| js_error(Error::Text(format!("chat template: {e}"))))?;
+        let engine = loading.finish().map_err(js_error)?;
+        let session = Session::new(engine, tokenizer, template, generation_config_json.as_deref());
+        Ok(Engine { session: Rc::new(RefCell::new(session)), events: None, cancel: Rc::new(RefCell::new(false)) })
+    }
+}
+
+/// One step's text, as the worker turns it into OpenAI-style chunks.
+#[derive(serde::Serialize, Default)]
+struct Delta {
+    reasoning: String,
+    content: String,
+    done: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    finish_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timings: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<(String, String)>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChatRequest {
+    messages: Vec<Message>,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<u32>,
+    min_p: Option<f32>,
+    presence_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Vec<String>,
+    enable_thinking: Option<bool>,
+}
+
+/// A loaded model. `start` begins a chat completion; `next` resolves with each piece of text.
+#[wasm_bindgen]
+pub struct Engine {
+    session: Rc<RefCell<Session>>,
+    events: Option<mpsc::UnboundedReceiver<Delta>>,
+    cancel: Rc<RefCell<bool>>,
+}
+
+#[wasm_bindgen]
+impl Engine {
+    pub fn info(&self) -> Result<JsValue, JsValue> {
+        let s = self.session.try_borrow().map_err(|_| invalid("info() while generating"))?;
+        let m = &s.engine.model;
+        let c = &m.config;
+        let (weights, _) = m.weight_bytes();
+        Ok(to_js(&serde_json::json!({
+            "gpu": gpu_json(&m.gpu),
+            "model": {
+                "type": c.model_type, "layers": c.num_layers, "hidden": c.hidden_size, "heads": c.num_heads,
+                "kvHeads": c.num_kv_heads, "vocab": c.vocab_size,
+                "experts": c.moe.as_ref().map(|x| x.num_experts), "topK": c.moe.as_ref().map(|x| x.num_experts_per_tok),
+            },
+            "context": m.context,
+            "memory": {"gpuBytes": m.gpu.allocated_bytes(), "weightBytes": weights},
+        })))
+    }
+
+    /// Begin a chat completion (`request`: messages and sampling, OpenAI names, as JSON).
+    pub fn start(&mut self, request: String) -> Result<(), JsValue> {
+        if self.events.is_some() {
+            return Err(invalid("a completion is already running: read it to the end or cancel() it"));
+        }
+        let req: ChatRequest = serde_json::from_str(&request).map_err(|e| invalid(format!("request: {e}")))?;
+        let (tx, rx) = mpsc::unbounded();
+        self.events = Some(rx);
+        *self.cancel.borrow_mut() = false;
+        let session = self.session.clone();
+        let cancel = self.cancel.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            let end = run_completion(&session, req, &tx, &cancel).await;
+            let _ = tx.unbounded_send(end);
+        });
+        Ok(())
+    }
+
+    /// The next piece of text; `done` on the last.
+    pub async fn next(&mut self) -> Result<JsValue, JsValue> {
+        let rx = self.events.as_mut().ok_or_else(|| invalid("next() without start()"))?;
+        let delta = rx.next().await.unwrap_or(Delta { done: true, finish_reason: Some("abort".into()), ..Default::default() });
+        if delta.done {
+            self.events = None;
+        }
+        if let Some((name, message)) = &delta.error {
+            return Err(named_error(name, message));
+        }
+        serde_wasm_json(&delta)
+    }
+
+    /// Stop the running completion after the current token.
+    pub fn cancel(&self) {
+        *self.cancel.borrow_mut() = true;
+    }
+}
+
+fn serde_wasm_json(d: &Delta) -> Result<JsValue, JsValue> {
+    Ok(to_js(&serde_json::to_value(d).map_err(|e| invalid(e.to_string()))?))
+}
+
+async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc::UnboundedSender<Delta>, cancel: &RefCell<bool>) -> Delta {
+    let fail = |e: Error| Delta { done: true, error: Some((error_name(&e).into(), e.to_string())), ..Default::default() };
+    let Ok(mut s) = session.try_borrow_mut() else {
+        return fail(Error::Invalid("the engine is busy".into()));
+    };
+    let prompt = match s.chat_tokens(&req.messages, req.enable_thinking.unwrap_or(true), None) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let mut params = s.defaults.clone();
+    if let Some(t) = req.temperature {
+        params.temperature = t;
+    }
+    if let Some(v) = req.top_p {
+        params.top_p = v;
+    }
+    if let Some(v) = req.top_k {
+        params.top_k = v;
+    }
+    if let Some(v) = req.min_p {
+        params.min_p = v;
+    }
+    if let Some(v) = req.presence_penalty {
+        params.presence_penalty = v;
+    }
+    if let Some(v) = req.repetition_penalty {
+        params.repetition_penalty = v;
+    }
+    // Without a seed each completion samples differently, as OpenAI's API does.
+    params.seed = req.seed.unwrap_or_else(|| (js_sys::Math::random() * 9.007_199_254_740_991e15) as u64);
+    let context = s.engine.model.context;
+    let max_tokens = req.max_tokens.unwrap_or(context).min(context.saturating_sub(prompt.len()));
+    let request = CompletionRequest { params, max_tokens, stop: req.stop };
+    let mut on_event = |ev: &TextEvent| -> bool {
+        let mut d = Delta::default();
+        match ev {
+            TextEvent::Reasoning(r) => d.reasoning = r.clone(),
+            TextEvent::Content(c) => d.content = c.clone(),
+        }
+        let _ = tx.unbounded_send(d);
+        !*cancel.borrow()
+    };
+    match s.complete(&prompt, &request, &mut on_event).await {
+        Ok(done) => {
+            let g = &done.generation;
+            let finish = if *cancel.borrow() {
+                "abort"
+            } else {
+                match g.stop {
+                    crate::engine::StopReason::Length | crate::engine::StopReason::Context => "length",
+                    _ => "stop",
+                }
+            };
+            Delta {
+                done: true,
+                finish_reason: Some(finish.into()),
+                usage: Some(serde_json::json!({
+                    "prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(),
+                    "total_tokens": g.prompt_tokens + g.tokens.len(),
+                })),
+                timings: Some(serde_json::json!({
+                    "prefill_seconds": g.prefill_seconds, "decode_seconds": g.decode_seconds,
+                    "decode_tokens_per_second": g.tokens.len().saturating_sub(1) as f64 / g.decode_seconds.max(1e-9),
+                })),
+                ..Default::default()
+            }
+        }
+        Err(e) => fail(e),
+    }
+}
