@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the npm package `webqwen` into pkg/ from a fresh machine:
+#   1. the wasm32 target (rustup) when missing;
+#   2. the library for wasm32-unknown-unknown in release;
+#   3. wasm-bindgen at exactly the version Cargo.lock pins (wasm-bindgen-cli installed when missing);
+#   4. wasm-opt when available (binaryen), else the unoptimised module;
+#   5. pkg/: the wasm glue, the Web Worker engine and its main-thread API (www/pkg-src), types,
+#      README and package.json. `npm pack` in pkg/ gives the tarball.
+# Usage: ./pkg-build.sh [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")"
+out=pkg
+if [[ "${1:-}" == "--out" ]]; then out="$2"; fi
+
+say() { echo "pkg-build: $*" >&2; }
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    say "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+fi
+
+say "building the library for wasm32 (release)"
+cargo build --lib --release --locked --target wasm32-unknown-unknown
+
+# wasm-bindgen's CLI must match the library version in Cargo.lock exactly.
+wb_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+if [[ -z "$wb_version" ]]; then
+    say "no wasm-bindgen in Cargo.lock"; exit 1
+fi
+if ! command -v wasm-bindgen >/dev/null || [[ "$(wasm-bindgen --version | awk '{print $2}')" != "$wb_version" ]]; then
+    say "installing wasm-bindgen-cli $wb_version"
+    # --locked first (reproducible); a registry mirror missing one of its pinned dependencies
+    # falls back to the newest compatible ones.
+    cargo install wasm-bindgen-cli --version "$wb_version" --locked \
+        || cargo install wasm-bindgen-cli --version "$wb_version"
+fi
+
+rm -rf "$out"
+mkdir -p "$out"
+wasm-bindgen --target web --out-dir "$out" --out-name webqwen_wasm \
+    target/wasm32-unknown-unknown/release/webqwen.wasm
+if command -v wasm-opt >/dev/null; then
+    say "optimising with $(wasm-opt --version)"
+    wasm-opt -O3 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+        "$out/webqwen_wasm_bg.wasm" -o "$out/webqwen_wasm_bg.wasm.opt"
+    mv "$out/webqwen_wasm_bg.wasm.opt" "$out/webqwen_wasm_bg.wasm"
+else
+    say "wasm-opt not found (apt-get install binaryen): keeping the unoptimised module"
+fi
+
+cp www/pkg-src/*.js www/pkg-src/*.d.ts "$out/"
+cp www/pkg-src/README.md "$out/README.md" 2>/dev/null || cp README.md "$out/README.md"
+version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
+cat > "$out/package.json" <<EOF
+{
+  "name": "webqwen",
+  "version": "$version",
+  "description": "Qwen3 (dense and MoE, official MLX releases) in the browser on WebGPU: weights streamed and cached for offline use, an OpenAI-style streaming chat API in a Web Worker.",
+  "type": "module",
+  "main": "index.js",
+  "module": "index.js",
+  "types": "index.d.ts",
+  "exports": {
+    ".": { "types": "./index.d.ts", "default": "./index.js" },
+    "./worker.js": "./worker.js"
+  },
+  "files": ["index.js", "index.d.ts", "worker.js", "cache.js", "errors.js", "webqwen_wasm.js", "webqwen_wasm.d.ts", "webqwen_wasm_bg.wasm", "webqwen_wasm_bg.wasm.d.ts", "README.md"],
+  "sideEffects": false,
+  "license": "MIT OR Apache-2.0",
+  "keywords": ["qwen3", "llm", "webgpu", "wasm", "mlx", "moe", "offline"]
+}
+EOF
+say "wrote $out/ ($(du -h "$out/webqwen_wasm_bg.wasm" | cut -f1) of wasm)"
