@@ -245,6 +245,9 @@ struct Delta {
     usage: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timings: Option<serde_json::Value>,
+    /// The generated token ids (on the last delta).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<Vec<u32>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<(String, String)>,
 }
@@ -397,6 +400,7 @@ async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc:
                     "prefill_seconds": g.prefill_seconds, "decode_seconds": g.decode_seconds,
                     "decode_tokens_per_second": g.tokens.len().saturating_sub(1) as f64 / g.decode_seconds.max(1e-9),
                 })),
+                tokens: Some(g.tokens.clone()),
                 ..Default::default()
             }
         }
