@@ -69,6 +69,33 @@ impl Default for SamplingParams {
     }
 }
 
+/// What a request (CLI flags, an OpenAI-style JSON body) says about sampling; unset fields keep
+/// the model's defaults (generation_config.json).
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_k: Option<u32>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplingOverrides {
+    pub fn apply(&self, defaults: &SamplingParams) -> SamplingParams {
+        let mut p = defaults.clone();
+        p.temperature = self.temperature.unwrap_or(p.temperature);
+        p.top_k = self.top_k.unwrap_or(p.top_k);
+        p.top_p = self.top_p.unwrap_or(p.top_p);
+        p.min_p = self.min_p.unwrap_or(p.min_p);
+        p.repetition_penalty = self.repetition_penalty.unwrap_or(p.repetition_penalty);
+        p.presence_penalty = self.presence_penalty.unwrap_or(p.presence_penalty);
+        p.seed = self.seed.unwrap_or(p.seed);
+        p
+    }
+}
+
 impl SamplingParams {
     /// Greedy decoding (the default).
     pub fn greedy() -> Self {

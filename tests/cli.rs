@@ -628,19 +628,24 @@ fn bad_model_tensor_shape_contradicts_config() {
 #[test]
 fn bad_model_missing_tensor() {
     let Some(dir) = fixture(BASE) else { return };
-    let tmp = copy_model(&dir, "missing");
-    let st = tmp.join("model.safetensors");
-    let file = Safetensors::read(&st);
-    // Rename the key (same offsets, same length): the tensor is simply not there any more.
     // (tensor, what the message must name)
-    for (name, named) in [
+    each_tensor_missing(&dir, &[
         ("model.norm.weight", "model.norm.weight"),
         ("model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"),
         // A quantized matrix without its scales: at least the module must be named.
         ("model.layers.1.mlp.up_proj.scales", "model.layers.1.mlp.up_proj"),
-    ] {
+    ]);
+}
+
+/// For each (tensor, name the message must contain): a copy of the model whose tensor is renamed
+/// (same offsets, same length: simply not there any more) must fail naming it.
+fn each_tensor_missing(dir: &Path, cases: &[(&str, &str)]) {
+    let tmp = copy_model(dir, "missing");
+    let st = tmp.join("model.safetensors");
+    let file = Safetensors::read(&st);
+    for (name, named) in cases {
         let mut broken = file.clone();
-        let entry = broken.header.remove(name).unwrap_or_else(|| panic!("{name} in the fixture"));
+        let entry = broken.header.remove(*name).unwrap_or_else(|| panic!("{name} in the fixture"));
         broken.header.insert(format!("{name}_renamed"), entry);
         broken.write(&st);
         webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
@@ -651,22 +656,11 @@ fn bad_model_missing_tensor() {
 #[test]
 fn bad_moe_missing_or_misshapen_expert_tensors() {
     let Some(dir) = fixture("moe_e8k2_q4") else { return };
-    let tmp = copy_model(&dir, "moe-missing");
-    let st = tmp.join("model.safetensors");
-    let file = Safetensors::read(&st);
-    for (name, named) in [
+    each_tensor_missing(&dir, &[
         ("model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.weight"),
         ("model.layers.0.mlp.switch_mlp.down_proj.weight", "model.layers.0.mlp.switch_mlp.down_proj"),
         ("model.layers.1.mlp.switch_mlp.up_proj.scales", "model.layers.1.mlp.switch_mlp.up_proj"),
-    ] {
-        let mut broken = file.clone();
-        let entry = broken.header.remove(name).unwrap_or_else(|| panic!("{name} in the fixture"));
-        broken.header.insert(format!("{name}_renamed"), entry);
-        broken.write(&st);
-        webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
-            .fails_with(&["model.safetensors", named]);
-    }
-    file.write(&st);
+    ]);
     for (key, factor, named) in [("moe_intermediate_size", 2, "switch_mlp"), ("num_experts", 2, "mlp.gate")] {
         let tmp = copy_model(&dir, "moe-shape");
         edit_config(tmp.path(), |c| {

@@ -171,27 +171,16 @@ struct SamplingArgs {
 
 impl SamplingArgs {
     fn params(&self, defaults: &SamplingParams) -> SamplingParams {
-        let mut p = defaults.clone();
-        if let Some(t) = self.temperature {
-            p.temperature = t;
+        webqwen::sample::SamplingOverrides {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: Some(self.seed),
         }
-        if let Some(v) = self.top_k {
-            p.top_k = v;
-        }
-        if let Some(v) = self.top_p {
-            p.top_p = v;
-        }
-        if let Some(v) = self.min_p {
-            p.min_p = v;
-        }
-        if let Some(v) = self.repetition_penalty {
-            p.repetition_penalty = v;
-        }
-        if let Some(v) = self.presence_penalty {
-            p.presence_penalty = v;
-        }
-        p.seed = self.seed;
-        p
+        .apply(defaults)
     }
 }
 

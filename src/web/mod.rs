@@ -19,6 +19,7 @@ use crate::engine::{Engine as CoreEngine, LoadOptions, Loading};
 use crate::error::Error;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::ModelOptions;
+use crate::sample::SamplingOverrides;
 use crate::session::{CompletionRequest, Session};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightIndex;
@@ -256,13 +257,8 @@ struct Delta {
 struct ChatRequest {
     messages: Vec<Message>,
     max_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<u32>,
-    min_p: Option<f32>,
-    presence_penalty: Option<f32>,
-    repetition_penalty: Option<f32>,
-    seed: Option<u64>,
+    #[serde(flatten)]
+    sampling: SamplingOverrides,
     #[serde(default)]
     stop: Vec<String>,
     enable_thinking: Option<bool>,
@@ -345,27 +341,10 @@ async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc:
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let mut params = s.defaults.clone();
-    if let Some(t) = req.temperature {
-        params.temperature = t;
-    }
-    if let Some(v) = req.top_p {
-        params.top_p = v;
-    }
-    if let Some(v) = req.top_k {
-        params.top_k = v;
-    }
-    if let Some(v) = req.min_p {
-        params.min_p = v;
-    }
-    if let Some(v) = req.presence_penalty {
-        params.presence_penalty = v;
-    }
-    if let Some(v) = req.repetition_penalty {
-        params.repetition_penalty = v;
-    }
+    let mut sampling = req.sampling.clone();
     // Without a seed each completion samples differently, as OpenAI's API does.
-    params.seed = req.seed.unwrap_or_else(|| (js_sys::Math::random() * 9.007_199_254_740_991e15) as u64);
+    sampling.seed = sampling.seed.or_else(|| Some((js_sys::Math::random() * 9.007_199_254_740_991e15) as u64));
+    let params = sampling.apply(&s.defaults);
     let context = s.engine.model.context;
     let max_tokens = req.max_tokens.unwrap_or(context).min(context.saturating_sub(prompt.len()));
     let request = CompletionRequest { params, max_tokens, stop: req.stop };

@@ -1,0 +1,211 @@
+// Types of the webqwen package (Qwen3 on WebGPU, in a Web Worker).
+
+export interface LoadProgress {
+  /**
+   * 'download': bytes coming from the network; 'cache': bytes read back from storage;
+   * 'compile': all weights are on the GPU, the engine is building its pipelines;
+   * 'ready': done.
+   */
+  phase: 'download' | 'cache' | 'compile' | 'ready';
+  /** The file being read or downloaded (null for 'compile' / 'ready'). */
+  file: string | null;
+  /** Weight bytes delivered to the GPU so far (from cache and network together). */
+  loaded: number;
+  /** All weight bytes of the model; 0 while still unknown (small files, headers). */
+  total: number;
+  /** Recent throughput of the current phase, bytes per second. */
+  bytesPerSecond: number;
+}
+
+export interface CreateEngineOptions {
+  /**
+   * A Hugging Face repo id ("Qwen/Qwen3-0.6B-MLX-4bit"), or the URL of a model directory
+   * ("https://host/models/qwen3/", "/models/qwen3", "./qwen3"; relative URLs resolve
+   * against the page).
+   */
+  model: string;
+  /** Hub endpoint for repo ids. Default "https://huggingface.co". */
+  endpoint?: string;
+  onProgress?: (progress: LoadProgress) => void;
+  /** Aborts the download/load; createEngine then rejects with AbortError. */
+  signal?: AbortSignal;
+  /** KV-cache length in tokens (the engine's default when omitted). */
+  context?: number;
+  /** Split tensors to at most this many bytes per binding (default: the adapter's limit). */
+  maxStorageBinding?: number;
+  /**
+   * Where weights are cached: 'auto' (OPFS, else the Cache API, else nothing), 'opfs',
+   * 'cache', or 'none' (always download). Default 'auto'.
+   */
+  storage?: 'auto' | 'opfs' | 'cache' | 'none';
+}
+
+export type Role = 'system' | 'user' | 'assistant' | 'tool';
+
+export interface ChatMessage {
+  role: Role;
+  content: string | Array<{ type: 'text'; text: string }> | null;
+  /** Earlier answers' thinking; the Qwen3 template drops it from the history. */
+  reasoning_content?: string;
+  name?: string;
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+}
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[];
+  stream?: boolean;
+  max_tokens?: number;
+  /** Alias of max_tokens. */
+  max_completion_tokens?: number;
+  /** 0 = greedy. Defaults come from the model's generation_config.json. */
+  temperature?: number;
+  top_p?: number;
+  top_k?: number;
+  min_p?: number;
+  presence_penalty?: number;
+  repetition_penalty?: number;
+  seed?: number;
+  stop?: string | string[];
+  /** Qwen3 thinking mode (default true, as in the model's chat template). */
+  enable_thinking?: boolean;
+  /** vLLM-style alias: `{enable_thinking}`. */
+  chat_template_kwargs?: { enable_thinking?: boolean };
+  n?: 1;
+  /** Stops the generation; the result (or last chunk) then has finish_reason 'abort'. */
+  signal?: AbortSignal;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  extra: {
+    e2e_latency_s: number;
+    time_to_first_token_s?: number;
+    prefill_tokens_per_s?: number;
+    decode_tokens_per_s?: number;
+    /** Timings as measured by the engine itself, when it reports them. */
+    engine?: Record<string, unknown>;
+  };
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: [{
+    index: 0;
+    message: { role: 'assistant'; content: string; reasoning_content?: string };
+    finish_reason: FinishReason;
+    logprobs: null;
+  }];
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: [{
+    index: 0;
+    /** Thinking arrives as reasoning_content, the answer as content. */
+    delta: { role?: 'assistant'; content?: string; reasoning_content?: string };
+    /** null until the last chunk. */
+    finish_reason: FinishReason | null;
+    logprobs: null;
+  }];
+  /** Only on the last chunk. */
+  usage?: CompletionUsage;
+}
+
+/** Breaking out of `for await` cancels the generation. */
+export interface ChatCompletionStream extends AsyncIterableIterator<ChatCompletionChunk> {}
+
+export interface EngineInfo {
+  /** The model id (repo id or absolute directory URL). */
+  model: string;
+  /** Where the weights are cached. */
+  storage: 'opfs' | 'cache' | 'none';
+  /** What the wasm module reports about the adapter. */
+  gpu: { adapter: string; backend: string; features: string[]; limits: Record<string, number> };
+  /** The engine's own report: adapter, features, limits, model shapes, memory. */
+  engine: Record<string, unknown>;
+  /** Whether navigator.storage.persist() was granted (null: not answered yet / unsupported). */
+  persistedStorage: boolean | null;
+}
+
+export interface Engine {
+  readonly model: string;
+  readonly chat: {
+    readonly completions: {
+      create(request: ChatCompletionRequest & { stream: true }): Promise<ChatCompletionStream>;
+      create(request: ChatCompletionRequest & { stream?: false }): Promise<ChatCompletion>;
+      create(request: ChatCompletionRequest): Promise<ChatCompletion | ChatCompletionStream>;
+    };
+  };
+  info(): Promise<EngineInfo>;
+  /** Frees GPU memory and stops the worker. */
+  unload(): Promise<void>;
+}
+
+export function createEngine(options: CreateEngineOptions): Promise<Engine>;
+
+export interface CachedModel {
+  /** The model id as given to createEngine (null if its manifest is unreadable). */
+  model: string | null;
+  /** The storage directory / key prefix name. */
+  key: string;
+  storage: 'opfs' | 'cache';
+  /** Bytes stored now. */
+  bytes: number;
+  /** Bytes of the complete model, once known. */
+  totalBytes: number | null;
+  /** Every file downloaded and verified. */
+  complete: boolean;
+  /** ISO date of the last change. */
+  updated: string | null;
+}
+
+export function listCachedModels(): Promise<CachedModel[]>;
+/** Resolves to whether anything was deleted. Rejects while the model is being loaded. */
+export function deleteCachedModel(model: string): Promise<boolean>;
+
+export class WebQwenError extends Error {
+  name: string;
+}
+/** No WebGPU here (browser, settings, insecure context), or no adapter. */
+export class WebGPUUnavailableError extends WebQwenError {
+  name: 'WebGPUUnavailableError';
+}
+/** The GPU's buffer limits cannot hold this model with this context length. */
+export class LimitsTooSmallError extends WebQwenError {
+  name: 'LimitsTooSmallError';
+}
+/** Not enough storage for the model. Fields in bytes when known from the estimate. */
+export class QuotaExceededError extends WebQwenError {
+  name: 'QuotaExceededError';
+  needed?: number;
+  available?: number;
+  quota?: number;
+  usage?: number;
+}
+/** Offline, server errors, access denied. Partial downloads are kept and resume. */
+export class NetworkError extends WebQwenError {
+  name: 'NetworkError';
+  url?: string;
+  status?: number;
+}
+/** Missing, malformed or unsupported model files, or a checksum mismatch. */
+export class BadModelError extends WebQwenError {
+  name: 'BadModelError';
+  file?: string;
+  url?: string;
+}
+export class AbortError extends WebQwenError {
+  name: 'AbortError';
+}

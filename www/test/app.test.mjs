@@ -1,0 +1,167 @@
+// The chat app (www/app) in headless Chromium, on the mock package: loading from ?model=,
+// streaming with thinking, stop, tok/s, persistence, the cached-model list, offline
+// start through the service worker, and the no-WebGPU message. Screenshots go to OUT_DIR.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { setUp, OUT_DIR, requests } from './setup.mjs';
+import { makeModel } from './fixtures.mjs';
+
+const MiB = 1 << 20;
+let env;
+let page;
+let appUrl;
+
+before(async () => {
+  env = await setUp('app');
+  makeModel(path.join(env.modelsDir, 'test-org/app-model'), { shards: [4 * MiB], mock: { stepDelayMs: 15 } });
+  // A URL model (not a hub id), to cover that path; the model server is another origin.
+  appUrl = `${env.app.url}/www/app/?model=${encodeURIComponent(`${env.models.url}/test-org/app-model`)}`;
+  page = await env.context.newPage();
+});
+
+after(async () => {
+  await env?.tearDown();
+});
+
+const lastAnswer = () => page.locator('.msg.assistant').last();
+
+async function ask(text) {
+  await page.fill('#input', text);
+  await page.press('#input', 'Enter');
+  await page.waitForSelector('body[data-generating="true"]');
+}
+
+async function answered() {
+  await page.waitForSelector('body[data-generating="false"]', { timeout: 30_000 });
+}
+
+/** Decodes a screenshot in the page and checks it is not one flat colour. */
+async function assertNotBlank(png, label) {
+  const stats = await page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = `data:image/png;base64,${b64}`;
+    await img.decode();
+    const c = new OffscreenCanvas(img.width, img.height);
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const { data } = ctx.getImageData(0, 0, img.width, img.height);
+    const colours = new Set();
+    let sum = 0;
+    let sum2 = 0;
+    for (let i = 0; i < data.length; i += 4 * 7) {
+      colours.add((data[i] >> 3) << 10 | (data[i + 1] >> 3) << 5 | (data[i + 2] >> 3));
+      const l = 0.2126 * data[i] + 0.7152 * data[i + 1] + 0.0722 * data[i + 2];
+      sum += l;
+      sum2 += l * l;
+    }
+    const n = data.length / 28;
+    return { width: img.width, height: img.height, colours: colours.size, stdev: Math.sqrt(sum2 / n - (sum / n) ** 2) };
+  }, png.toString('base64'));
+  assert.ok(stats.colours > 20 && stats.stdev > 5, `${label} looks blank: ${JSON.stringify(stats)}`);
+  return stats;
+}
+
+test('loads the model from ?model=, streams with thinking, stops, shows tok/s', async () => {
+  await page.goto(appUrl);
+  await page.waitForSelector('body[data-engine="ready"]', { timeout: 60_000 });
+  assert.match(await page.textContent('#model-status'), /app-model/);
+
+  await ask('hello there');
+  await answered();
+  const first = page.locator('.msg.assistant').nth(0);
+  assert.equal(await first.locator('.bubble').textContent(), 'Echo: hello there');
+  assert.equal(await first.locator('.thinking').isHidden(), false);
+  assert.equal((await first.locator('.thinking-text').textContent()).trim(), 'Thinking about: hello there');
+  assert.match(await first.locator('.meta').textContent(), /\d+ tokens · [\d.]+ tok\/s/);
+  assert.match(await page.textContent('#speed'), /tok\/s/);
+  // The thinking block is collapsed and opens on tap.
+  assert.equal(await first.locator('.thinking-text').isVisible(), false);
+  await first.locator('.thinking summary').click();
+  assert.equal(await first.locator('.thinking-text').isVisible(), true);
+
+  await page.click('label.switch'); // thinking off
+  assert.equal(await page.isChecked('#thinking'), false);
+  await ask('no thoughts');
+  await answered();
+  assert.equal(await lastAnswer().locator('.bubble').textContent(), 'Echo: no thoughts');
+  assert.equal(await lastAnswer().locator('.thinking').isHidden(), true);
+  await page.click('label.switch'); // back on
+
+  await ask('write something long');
+  await page.waitForFunction(() => document.querySelector('.msg.assistant:last-child .bubble')?.textContent.includes('word5'));
+  assert.equal(await page.isVisible('#stop'), true);
+  assert.equal(await page.isVisible('#send'), false);
+  await page.click('#stop');
+  await answered();
+  const stopped = lastAnswer();
+  assert.match(await stopped.locator('.meta').textContent(), /stopped/);
+  assert.ok(!(await stopped.locator('.bubble').textContent()).includes('word399'));
+  assert.equal(await page.isVisible('#send'), true);
+
+  await ask('one more for the picture');
+  await answered();
+  const desktop = await page.screenshot({ path: path.join(OUT_DIR, 'app-desktop.png') });
+  await assertNotBlank(desktop, 'desktop screenshot');
+
+  // iPhone-sized: the sidebar becomes a drawer; nothing overflows sideways.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(400); // the sidebar turns into a drawer and slides out
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `horizontal overflow of ${overflow}px on a phone screen`);
+  assert.equal(await page.isVisible('#models-btn'), true);
+  const mobile = await page.screenshot({ path: path.join(OUT_DIR, 'app-mobile.png') });
+  await assertNotBlank(mobile, 'mobile screenshot');
+  await page.click('#models-btn');
+  await page.waitForTimeout(400); // the drawer's slide-in
+  await page.screenshot({ path: path.join(OUT_DIR, 'app-mobile-models.png') });
+  assert.match(await page.textContent('#cached-list'), /app-model/);
+  await page.click('#scrim', { position: { x: 375, y: 400 } }); // beside the drawer
+  await page.setViewportSize({ width: 1100, height: 800 });
+});
+
+test('the conversation survives a reload, and the cached model loads without downloading', async () => {
+  const count = await page.locator('.msg').count();
+  assert.ok(count >= 8);
+  env.models.reset();
+  await page.reload();
+  await page.waitForSelector('body[data-engine="ready"]', { timeout: 60_000 });
+  assert.equal(await page.locator('.msg').count(), count);
+  assert.equal(requests(env.models, '/test-org/app-model/'), 0);
+  await page.click('#new-chat');
+  assert.equal(await page.locator('.msg').count(), 0);
+  await page.reload();
+  await page.waitForSelector('body[data-engine="ready"]', { timeout: 60_000 });
+  assert.equal(await page.locator('.msg').count(), 0);
+});
+
+test('a clear message when WebGPU is missing', async () => {
+  const noGpu = await env.context.newPage();
+  await noGpu.addInitScript(() => { Object.defineProperty(Navigator.prototype, 'gpu', { get: () => undefined }); });
+  await noGpu.goto(`${env.app.url}/www/app/`);
+  await noGpu.waitForSelector('#notice:not([hidden])');
+  assert.match(await noGpu.textContent('#notice'), /WebGPU is not available/);
+  assert.equal(await noGpu.isDisabled('#load-btn'), true);
+  await noGpu.screenshot({ path: path.join(OUT_DIR, 'app-no-webgpu.png') });
+  await noGpu.close();
+});
+
+test('opens and answers offline (service worker + cached model)', async () => {
+  await page.evaluate(() => navigator.serviceWorker.ready);
+  assert.ok(await page.evaluate(() => Boolean(navigator.serviceWorker.controller)), 'the page is controlled by the service worker');
+  await env.app.close();
+  await env.models.close();
+  await page.reload();
+  await page.waitForSelector('body[data-engine="ready"]', { timeout: 60_000 });
+  await ask('are you offline?');
+  await answered();
+  assert.equal(await lastAnswer().locator('.bubble').textContent(), 'Echo: are you offline?');
+});
+
+test('cached models can be deleted from the app', async () => {
+  page.once('dialog', (d) => d.accept());
+  await page.click('#cached-list li[data-model] .danger');
+  await page.waitForFunction(() => !document.querySelector('#cached-list li[data-model]'));
+  assert.match(await page.textContent('#cached-list'), /No models downloaded yet/);
+});

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Browser tests of www/ (the npm package's JS side with a mock wasm module, and the chat
+# app) in headless Chromium. Installs what is missing: the pinned npm dependencies
+# (npm ci) and, on Debian as root, the chromium package. Screenshots go to $OUT_DIR
+# (default /tmp/webqwen-www-test).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+if [[ ! -x "$CHROMIUM" ]]; then
+    echo "installing chromium (Debian package)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+command -v npm >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+want="$(node -p "require('./package.json').devDependencies['playwright-core']")"
+have="$(node -p "try { require('./node_modules/playwright-core/package.json').version } catch { '' }")"
+if [[ "$want" != "$have" ]]; then
+    npm ci --no-audit --no-fund --loglevel=error
+fi
+
+export CHROMIUM
+# One file at a time: each starts its own browser and servers.
+node --test --test-concurrency=1 --test-reporter=spec unit.test.mjs package.test.mjs app.test.mjs
