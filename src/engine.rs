@@ -164,7 +164,7 @@ impl Engine {
     fn check_fits(&self, prompt: usize, extra: usize) -> Result<()> {
         if prompt + extra > self.model.context {
             let need = if extra > 0 { format!(" and generation needs {extra} more position") } else { String::new() };
-            return Err(Error::Limit(format!(
+            return Err(Error::Context(format!(
                 "the prompt has {prompt} tokens{need}, but the context holds {} (raise --context, up to the model's {} \
                  positions, or shorten the prompt)",
                 self.model.context, self.model.config.max_position_embeddings

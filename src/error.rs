@@ -15,6 +15,9 @@ pub enum Error {
     Gpu(String),
     #[error("{0}")]
     Limit(String),
+    /// The prompt (and the tokens asked for) do not fit the context.
+    #[error("{0}")]
+    Context(String),
     #[error("{0}")]
     Text(String),
     #[error("{0}")]

@@ -4,7 +4,10 @@
 #      the Qwen3 tokenizer files from npm),
 #   2. builds the random-weight fixture models with mlx_lm.convert and records mlx-lm's answers
 #      (plus a dense and an MoE model with fresh random seeds, checked live),
-#   3. runs the Rust unit and integration tests against them, and the CLI end-to-end checks.
+#   3. runs the Rust unit and integration tests against them, and the CLI end-to-end checks;
+#   4. builds the npm package (./pkg-build.sh) and runs the browser tests in headless Chromium:
+#      the package's download/cache logic, the chat app, and the real engine against the
+#      native one (www/test/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
@@ -50,6 +53,10 @@ cargo test --release --locked -- --test-threads=2
 
 step "hub download end to end (mock hub)"
 bash tests/hub_e2e.sh "$models/q4_g64"
+
+step "npm package (wasm) and browser tests (headless Chromium)"
+./pkg-build.sh
+bash www/test/run.sh
 
 echo
 echo "all tests passed"

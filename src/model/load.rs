@@ -38,7 +38,8 @@ struct Segment {
 }
 
 /// Routes weight-file bytes into GPU buffers. Each file's bytes must arrive in order (any chunk
-/// sizes, gaps and header bytes allowed: bytes outside every tensor are ignored).
+/// sizes, gaps and header bytes allowed: bytes outside every tensor are ignored); bytes at
+/// offset 0 again start that file over.
 pub struct WeightSink {
     gpu: Arc<Gpu>,
     file_names: Vec<String>,
@@ -130,7 +131,18 @@ impl WeightSink {
         if file >= self.segments.len() {
             return Err(Error::weights(name, "bytes for an unknown weight file"));
         }
-        if offset < self.cursor[file] {
+        if offset == 0 && self.cursor[file] > 0 {
+            // The file starts over (a failed checksum, a server that ignored a Range request):
+            // its bytes will be written again, to the same places.
+            for s in &mut self.segments[file] {
+                self.written -= s.done;
+                s.done = 0;
+                s.carry.clear();
+                if let Target::Norm { bytes, .. } = &mut s.target {
+                    bytes.clear();
+                }
+            }
+        } else if offset < self.cursor[file] {
             return Err(Error::weights(name, format!("bytes at {offset} arrived after bytes up to {}: chunks must come in order", self.cursor[file])));
         }
         let end = offset + bytes.len() as u64;

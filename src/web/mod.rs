@@ -30,6 +30,7 @@ fn error_name(e: &Error) -> &'static str {
         Error::Gpu(m) if m.contains("no GPU adapter") => "WebGPUUnavailable",
         Error::Gpu(_) => "EngineError",
         Error::Limit(_) => "LimitsTooSmall",
+        Error::Context(_) => "ContextExceeded",
         Error::Config(_) | Error::Weights { .. } | Error::Io { .. } | Error::Text(_) => "BadModel",
         Error::Invalid(_) => "InvalidRequest",
     }
@@ -159,18 +160,22 @@ impl ModelLoader {
         Ok((8 + n) as f64)
     }
 
-    /// The first `headerLength` bytes of weight file `file` of `size` bytes. Files are numbered in
-    /// the order their headers are added; `write` names them the same way.
+    /// The first `headerLength` bytes of weight file `file`, and its size when the server stated
+    /// one (then a header describing more bytes than that is an error now rather than at
+    /// `finish`). Files are named the same way in `write`.
     #[wasm_bindgen(js_name = addHeader)]
-    pub fn add_header(&mut self, file: String, header: &[u8], size: f64) -> Result<(), JsValue> {
+    pub fn add_header(&mut self, file: String, header: &[u8], size: Option<f64>) -> Result<(), JsValue> {
         if self.loading.is_some() {
             return Err(invalid("addHeader after plan()"));
         }
         if header.len() < 8 {
             return Err(js_error(Error::weights(file, "file is too short to be safetensors")));
         }
-        self.index.add_file(&file, size as u64, &header[8..]).map_err(js_error)?;
-        self.sizes.push(size as u64);
+        self.index.add_file(&file, size.map_or(u64::MAX, |s| s as u64), &header[8..]).map_err(js_error)?;
+        let f = self.index.files.len() - 1;
+        // The size the header describes: where its last tensor ends.
+        let described = self.index.tensors.values().filter(|t| t.file == f).map(|t| t.start + t.len).max().unwrap_or(header.len() as u64);
+        self.sizes.push(size.map_or(described, |s| s as u64));
         Ok(())
     }
 
@@ -230,7 +235,7 @@ impl ModelLoader {
             .map_err(|e| js_error(Error::Text(format!("chat template: {e}"))))?;
         let engine = loading.finish().map_err(js_error)?;
         let session = Session::new(engine, tokenizer, template, generation_config_json.as_deref());
-        Ok(Engine { session: Rc::new(RefCell::new(session)), events: None, cancel: Rc::new(RefCell::new(false)) })
+        Ok(Engine { session: Rc::new(RefCell::new(session)), events: Rc::default(), cancel: Rc::default() })
     }
 }
 
@@ -268,8 +273,10 @@ struct ChatRequest {
 #[wasm_bindgen]
 pub struct Engine {
     session: Rc<RefCell<Session>>,
-    events: Option<mpsc::UnboundedReceiver<Delta>>,
-    cancel: Rc<RefCell<bool>>,
+    /// The running completion's deltas. Methods take `&self` and no borrow lives across an
+    /// await, so `cancel()` works while a `next()` is pending.
+    events: Rc<RefCell<Option<mpsc::UnboundedReceiver<Delta>>>>,
+    cancel: Rc<std::cell::Cell<bool>>,
 }
 
 #[wasm_bindgen]
@@ -292,14 +299,14 @@ impl Engine {
     }
 
     /// Begin a chat completion (`request`: messages and sampling, OpenAI names, as JSON).
-    pub fn start(&mut self, request: String) -> Result<(), JsValue> {
-        if self.events.is_some() {
+    pub fn start(&self, request: String) -> Result<(), JsValue> {
+        if self.events.borrow().is_some() || self.session.try_borrow_mut().is_err() {
             return Err(invalid("a completion is already running: read it to the end or cancel() it"));
         }
         let req: ChatRequest = serde_json::from_str(&request).map_err(|e| invalid(format!("request: {e}")))?;
         let (tx, rx) = mpsc::unbounded();
-        self.events = Some(rx);
-        *self.cancel.borrow_mut() = false;
+        *self.events.borrow_mut() = Some(rx);
+        self.cancel.set(false);
         let session = self.session.clone();
         let cancel = self.cancel.clone();
         wasm_bindgen_futures::spawn_local(async move {
@@ -310,11 +317,11 @@ impl Engine {
     }
 
     /// The next piece of text; `done` on the last.
-    pub async fn next(&mut self) -> Result<JsValue, JsValue> {
-        let rx = self.events.as_mut().ok_or_else(|| invalid("next() without start()"))?;
+    pub async fn next(&self) -> Result<JsValue, JsValue> {
+        let mut rx = self.events.borrow_mut().take().ok_or_else(|| invalid("next() without start(), or while another next() is pending"))?;
         let delta = rx.next().await.unwrap_or(Delta { done: true, finish_reason: Some("abort".into()), ..Default::default() });
-        if delta.done {
-            self.events = None;
+        if !delta.done {
+            *self.events.borrow_mut() = Some(rx);
         }
         if let Some((name, message)) = &delta.error {
             return Err(named_error(name, message));
@@ -324,7 +331,7 @@ impl Engine {
 
     /// Stop the running completion after the current token.
     pub fn cancel(&self) {
-        *self.cancel.borrow_mut() = true;
+        self.cancel.set(true);
     }
 }
 
@@ -332,7 +339,7 @@ fn serde_wasm_json(d: &Delta) -> Result<JsValue, JsValue> {
     Ok(to_js(&serde_json::to_value(d).map_err(|e| invalid(e.to_string()))?))
 }
 
-async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc::UnboundedSender<Delta>, cancel: &RefCell<bool>) -> Delta {
+async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc::UnboundedSender<Delta>, cancel: &std::cell::Cell<bool>) -> Delta {
     let fail = |e: Error| Delta { done: true, error: Some((error_name(&e).into(), e.to_string())), ..Default::default() };
     let Ok(mut s) = session.try_borrow_mut() else {
         return fail(Error::Invalid("the engine is busy".into()));
@@ -355,12 +362,12 @@ async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc:
             TextEvent::Content(c) => d.content = c.clone(),
         }
         let _ = tx.unbounded_send(d);
-        !*cancel.borrow()
+        !cancel.get()
     };
     match s.complete(&prompt, &request, &mut on_event).await {
         Ok(done) => {
             let g = &done.generation;
-            let finish = if *cancel.borrow() {
+            let finish = if cancel.get() {
                 "abort"
             } else {
                 match g.stop {

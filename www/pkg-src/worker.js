@@ -179,7 +179,7 @@ class ModelLoad {
       for (const name of weights) await this.header(name, loader);
       await this.fillMissingSizes(weights);
       await this.checkQuota(weights);
-      const plan = wasmCall(() => loader.plan());
+      const plan = await wasmCall(() => loader.plan()); // opens the GPU: async
       const sizes = this.sizesFrom(plan, weights);
       this.progress.total = weights.reduce((sum, name) => sum + sizes.get(name), 0);
       this.manifest.totalBytes = this.progress.total;
@@ -373,7 +373,7 @@ class ModelLoad {
       throw new BadModelError(`${name} is not a valid safetensors file (header length ${n}).`, { file: name });
     }
     const header = await this.prefix(name, f, n);
-    wasmCall(() => loader.addHeader(name, header));
+    wasmCall(() => loader.addHeader(name, header, entry.size ?? undefined));
   }
 
   /** The first n bytes of a weight file, completing the cached prefix from the network. */
@@ -687,6 +687,8 @@ function usageOf(step, t0, tFirst) {
     if (completion > 1 && decodeS > 0) extra.decode_tokens_per_s = (completion - 1) / decodeS;
   }
   if (step?.timings) extra.engine = step.timings;
+  // webqwen extension: the generated token ids (tests compare them with the native engine)
+  if (step?.tokens) extra.token_ids = step.tokens;
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, extra };
 }
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Browser tests of www/ (the npm package's JS side with a mock wasm module, and the chat
-# app) in headless Chromium. Installs what is missing: the pinned npm dependencies
+# Browser tests of www/ in headless Chromium: the npm package's JS side with a mock wasm
+# module, the chat app, and (engine.test.mjs) the real package from ./pkg-build.sh on the
+# fixture models, against the native binary. Installs what is missing: the pinned npm dependencies
 # (npm ci) and, on Debian as root, the chromium package. Screenshots go to $OUT_DIR
 # (default /tmp/webqwen-www-test).
 set -euo pipefail
@@ -23,4 +24,4 @@ fi
 
 export CHROMIUM
 # One file at a time: each starts its own browser and servers.
-node --test --test-concurrency=1 --test-reporter=spec unit.test.mjs package.test.mjs app.test.mjs
+node --test --test-concurrency=1 --test-reporter=spec unit.test.mjs package.test.mjs app.test.mjs engine.test.mjs

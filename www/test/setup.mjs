@@ -17,9 +17,13 @@ const FLAGS = [
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
 ];
 
-export async function setUp(name) {
+/** `realPackage`: serve the real package (pkg/, made by ./pkg-build.sh) instead of the mock. */
+export async function setUp(name, { realPackage = false } = {}) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `webqwen-${name}-`));
-  const pkgDir = assembleMockPackage(path.join(tmp, 'pkg'));
+  const pkgDir = realPackage ? path.join(repoRoot, 'pkg') : assembleMockPackage(path.join(tmp, 'pkg'));
+  if (realPackage && !fs.existsSync(path.join(pkgDir, 'webqwen_wasm_bg.wasm'))) {
+    throw new Error(`${pkgDir} has no webqwen_wasm_bg.wasm: run ./pkg-build.sh first`);
+  }
   const modelsDir = path.join(tmp, 'models');
   fs.mkdirSync(modelsDir);
   fs.mkdirSync(OUT_DIR, { recursive: true });
