@@ -48,26 +48,8 @@ else
     say "wasm-opt not found (apt-get install binaryen): keeping the unoptimised module"
 fi
 
-cp www/pkg-src/*.js www/pkg-src/*.d.ts "$out/"
-cp www/pkg-src/README.md "$out/README.md" 2>/dev/null || cp README.md "$out/README.md"
+cp www/pkg-src/*.js www/pkg-src/*.d.ts www/pkg-src/README.md "$out/"
 version=$(awk -F'"' '/^version = / { print $2; exit }' Cargo.toml)
-cat > "$out/package.json" <<EOF
-{
-  "name": "webqwen",
-  "version": "$version",
-  "description": "Qwen3 (dense and MoE, official MLX releases) in the browser on WebGPU: weights streamed and cached for offline use, an OpenAI-style streaming chat API in a Web Worker.",
-  "type": "module",
-  "main": "index.js",
-  "module": "index.js",
-  "types": "index.d.ts",
-  "exports": {
-    ".": { "types": "./index.d.ts", "default": "./index.js" },
-    "./worker.js": "./worker.js"
-  },
-  "files": ["index.js", "index.d.ts", "worker.js", "cache.js", "errors.js", "webqwen_wasm.js", "webqwen_wasm.d.ts", "webqwen_wasm_bg.wasm", "webqwen_wasm_bg.wasm.d.ts", "README.md"],
-  "sideEffects": false,
-  "license": "MIT OR Apache-2.0",
-  "keywords": ["qwen3", "llm", "webgpu", "wasm", "mlx", "moe", "offline"]
-}
-EOF
+# package.json from www/pkg-src, with the crate's version
+sed "s/\"version\": \"[^\"]*\"/\"version\": \"$version\"/" www/pkg-src/package.json > "$out/package.json"
 say "wrote $out/ ($(du -h "$out/webqwen_wasm_bg.wasm" | cut -f1) of wasm)"
