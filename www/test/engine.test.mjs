@@ -97,3 +97,37 @@ test('greedy tokens equal the native engine, from the network, the cache, and of
     await env.restartModels();
   }
 });
+
+test('a cut download resumes, and a corrupted cached file is fetched again, with the real engine', { skip: !have && 'no fixtures or native binary (bash tests/run_all.sh builds them)' }, async () => {
+  // A copy under another path: a model the browser has not cached yet.
+  const name = 'q4_g64';
+  const dst = path.join(env.modelsDir, 'fixtures', 'resume');
+  fs.cpSync(path.join(env.modelsDir, 'fixtures', name), dst, { recursive: true });
+  const url = '/fixtures/resume/model.safetensors';
+  const want = nativeTokens(name);
+
+  env.models.reset();
+  env.models.setRules([{ path: url, cutAfter: 4 << 20, times: 1 }]);
+  const cut = await browserTokens('resume');
+  assert.deepEqual(cut.tokens, want, 'tokens after a resumed download');
+  const seen = env.models.stats()[url]?.ranges ?? [];
+  // The weights are fetched from the end of the header on (`bytes=N-`); the cut one resumes
+  // with a second, later open-ended range.
+  const open = seen.filter((r) => /^bytes=[1-9]\d*-$/.test(r ?? '')).map((r) => Number(r.slice(6, -1)));
+  assert.ok(open.length >= 2 && open[1] > open[0], `a Range request resumed the cut download: ${JSON.stringify(seen)}`);
+
+  // Flip bytes in the middle of the cached weights: the checksum fails, the file comes again.
+  const key = await page.evaluate(async () => {
+    const root = await navigator.storage.getDirectory();
+    const models = await root.getDirectoryHandle('webqwen-models');
+    const keys = [];
+    for await (const [k] of models.entries()) keys.push(k);
+    return keys.find((k) => k.includes('resume'));
+  });
+  assert.ok(key, 'the resumed model is cached');
+  await page.evaluate(({ k }) => window.opfs.overwrite(k, 'model.safetensors', 5 << 20, [1, 2, 3, 4, 5, 6, 7, 8]), { k: key });
+  env.models.reset();
+  const again = await browserTokens('resume');
+  assert.deepEqual(again.tokens, want, 'tokens after the corrupted file was fetched again');
+  assert.ok((env.models.stats()[url]?.GET ?? 0) > 0, 'the corrupted file was downloaded again');
+});
