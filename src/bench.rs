@@ -92,7 +92,7 @@ pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -
     // chunk when it holds a single token.
     let one_token_passes = engine.counters.decode_steps + u64::from(prompt.len() % engine.model.chunk == 1);
     let expert_read = engine.model.expert_bytes_read().await?.map(|b| b as f64 / one_token_passes.max(1) as f64);
-    let moe = engine.model.config.moe.clone();
+    let expert_bytes = engine.model.config.moe.as_ref().map(|_| engine.model.expert_bytes());
     let c = &engine.counters;
     let steps = c.decode_steps.max(1) as f64;
     // The prefill pass's own submits and writes are not decode costs.
@@ -115,10 +115,8 @@ pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -
         ideal_weight_bytes_per_token: per_token,
         gpu_memory_bytes: engine.gpu.allocated_bytes(),
         expert_bytes_read_per_token: expert_read,
-        ideal_expert_bytes_per_token: moe
-            .as_ref()
-            .map(|m| engine.model.expert_bytes() / m.num_experts as u64 * m.num_experts_per_tok as u64),
-        expert_bytes: moe.as_ref().map(|_| engine.model.expert_bytes()),
+        ideal_expert_bytes_per_token: expert_bytes.map(|(_, chosen)| chosen),
+        expert_bytes: expert_bytes.map(|(all, _)| all),
     })
 }
 

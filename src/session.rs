@@ -68,19 +68,9 @@ impl Session {
         let tokenizer_json = read("tokenizer.json")?
             .ok_or_else(|| Error::Config(format!("{}: no tokenizer.json in this directory", dir.display())))?;
         let tokenizer_config = read("tokenizer_config.json")?;
-        let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), tokenizer_config.as_deref().map(str::as_bytes))
-            .map_err(|e| Error::Text(format!("{}: {e}", dir.join("tokenizer.json").display())))?;
-        let template_src = match read("chat_template.jinja")? {
-            Some(t) => Some(t),
-            None => tokenizer_config
-                .as_deref()
-                .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-                .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from)),
-        };
-        let template = template_src
-            .map(|t| ChatTemplate::for_tokenizer(&t, &tokenizer))
-            .transpose()
-            .map_err(|e| Error::Text(format!("{}: chat template: {e}", dir.display())))?;
+        let chat_template = read("chat_template.jinja")?;
+        let origin = format!("{}/", dir.display());
+        let (tokenizer, template) = text_files(&tokenizer_json, tokenizer_config.as_deref(), chat_template, &origin)?;
         let (index, mut source) = crate::weights::open_dir(dir)?;
         let engine = Engine::load(config, &index, &mut source, tokenizer.id_count() as usize, opts, progress).await?;
         let generation_config = read("generation_config.json")?;
@@ -166,6 +156,29 @@ impl Session {
         out.generation = generation;
         Ok(out)
     }
+}
+
+/// The tokenizer and chat template of a model from its files' contents: the template from
+/// chat_template.jinja, else from tokenizer_config.json (older releases). `origin` prefixes the
+/// file names in errors (a directory natively, nothing in the browser).
+pub fn text_files(
+    tokenizer_json: &str,
+    tokenizer_config: Option<&str>,
+    chat_template: Option<String>,
+    origin: &str,
+) -> Result<(Tokenizer, Option<ChatTemplate>)> {
+    let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), tokenizer_config.map(str::as_bytes))
+        .map_err(|e| Error::Text(format!("{origin}tokenizer.json: {e}")))?;
+    let template_src = chat_template.or_else(|| {
+        tokenizer_config
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from))
+    });
+    let template = template_src
+        .map(|t| ChatTemplate::for_tokenizer(&t, &tokenizer))
+        .transpose()
+        .map_err(|e| Error::Text(format!("{origin}chat template: {e}")))?;
+    Ok((tokenizer, template))
 }
 
 /// generation_config.json's sampling fields (Qwen3: temperature 0.6, top_p 0.95, top_k 20).

@@ -449,16 +449,22 @@ fn bench_moe_reads_only_chosen_experts() {
     let Some(dir) = fixture("moe_e16k4_q8") else { return };
     let run = webqwen(&["bench", "--model", s(&dir), "--prompt-tokens", "8", "--gen-tokens", "4", "--json"]).ok();
     let v = run.json();
-    let close = |key: &str, want: f64| {
-        let x = num(&v, key);
-        assert!((x - want).abs() < 1e-9, "{key} = {x}, expected {want}: {v}");
-    };
-    close("submits_per_token", 1.0);
-    close("readback_bytes_per_token", 4.0);
-    close("uniform_writes_per_token", 1.0);
+    assert_decode_costs(&v);
     let ideal = num(&v, "ideal_expert_bytes_per_token");
     assert!(ideal > 0.0 && ideal < num(&v, "expert_bytes") / 3.0, "top-4 of 16 experts: {v}");
-    close("expert_bytes_read_per_token", ideal);
+    assert_close(&v, "expert_bytes_read_per_token", ideal);
+}
+
+fn assert_close(v: &Value, key: &str, want: f64) {
+    let x = num(v, key);
+    assert!((x - want).abs() < 1e-9, "{key} = {x}, expected {want}: {v}");
+}
+
+/// A decode step: one submit, one uniform write, and nothing read back but the 4-byte token id.
+fn assert_decode_costs(v: &Value) {
+    assert_close(v, "submits_per_token", 1.0);
+    assert_close(v, "readback_bytes_per_token", 4.0);
+    assert_close(v, "uniform_writes_per_token", 1.0);
 }
 
 #[test]
@@ -500,13 +506,7 @@ fn bench_synthetic_json_counters() {
     .ok();
     let v = run.json();
     eprintln!("bench: {v}");
-    let close = |key: &str, want: f64| {
-        let x = num(&v, key);
-        assert!((x - want).abs() < 1e-9, "{key} = {x}, expected {want}: {v}");
-    };
-    close("submits_per_token", 1.0);
-    close("readback_bytes_per_token", 4.0);
-    close("uniform_writes_per_token", 1.0);
+    assert_decode_costs(&v);
     assert!(num(&v, "dispatches_per_token") > 0.0, "{v}");
     assert!(num(&v, "decode_tokens_per_second") > 0.0, "{v}");
     assert!(num(&v, "prefill_tokens_per_second") > 0.0, "{v}");

@@ -291,14 +291,14 @@ impl Matrix {
         w + 2 * s
     }
 
-    /// Whether the rows are gate/up pairs for the fused SwiGLU kernel.
-    pub fn is_paired(&self) -> bool {
-        matches!(self.layout, Layout::Paired { .. } | Layout::Experts { paired: true, .. })
-    }
-
-    /// Output rows: half the matrix rows when paired.
-    pub fn out_rows(&self) -> usize {
-        if self.is_paired() { self.rows / 2 } else { self.rows }
+    /// For gate/up pairs (the fused SwiGLU kernel): the rows of one gate (or up) run, each
+    /// followed by its partner run; the output then has half the matrix's rows.
+    pub fn pair_unit(&self) -> Option<usize> {
+        match self.layout {
+            Layout::Paired { unit } => Some(unit),
+            Layout::Experts { rows_per_expert, paired: true, .. } => Some(rows_per_expert / 2),
+            _ => None,
+        }
     }
 
     /// (experts, output rows per expert) of an expert matrix.
@@ -308,6 +308,14 @@ impl Matrix {
                 Some((experts, if paired { rows_per_expert / 2 } else { rows_per_expert }))
             }
             _ => None,
+        }
+    }
+
+    /// Bytes a decode step reads: the whole matrix, or of an expert matrix the `top_k` chosen experts.
+    pub fn decode_bytes(&self, top_k: usize) -> u64 {
+        match self.experts() {
+            Some((experts, _)) => self.bytes() / experts as u64 * top_k as u64,
+            None => self.bytes(),
         }
     }
 

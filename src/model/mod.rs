@@ -29,7 +29,7 @@ pub struct ModelOptions {
     pub context: Option<usize>,
     /// Most tokens per prefill pass.
     pub max_chunk: usize,
-    /// Bench only: the expert kernels count the rows they read (see `expert_rows_read`).
+    /// Bench only: the expert kernels count the rows they read (see `expert_bytes_read`).
     pub count_expert_reads: bool,
 }
 
@@ -397,10 +397,7 @@ impl Qwen3 {
         for l in &self.layers {
             for m in l.matrices() {
                 total += m.bytes();
-                per_token += match (m.experts(), &self.config.moe) {
-                    (Some((experts, _)), Some(moe)) => m.bytes() / experts as u64 * moe.num_experts_per_tok as u64,
-                    _ => m.bytes(),
-                };
+                per_token += m.decode_bytes(self.top_k());
             }
         }
         let norms: u64 = self.norms.iter().map(|n| n.2 as u64 * 4).sum();
@@ -415,9 +412,16 @@ impl Qwen3 {
         all.iter().map(|m| (m.name.clone(), m.pieces.len())).collect()
     }
 
-    /// Bytes of expert weights (all experts of all MoE layers).
-    pub fn expert_bytes(&self) -> u64 {
-        self.layers.iter().flat_map(|l| l.matrices()).filter(|m| m.experts().is_some()).map(|m| m.bytes()).sum()
+    /// Experts chosen per token (0 for a dense model).
+    fn top_k(&self) -> usize {
+        self.config.moe.as_ref().map_or(0, |m| m.num_experts_per_tok)
+    }
+
+    /// (bytes of all expert weights, bytes of the top-k experts a decode step reads), over all
+    /// MoE layers.
+    pub fn expert_bytes(&self) -> (u64, u64) {
+        let experts = self.layers.iter().flat_map(|l| l.matrices()).filter(|m| m.experts().is_some());
+        experts.fold((0, 0), |(all, chosen), m| (all + m.bytes(), chosen + m.decode_bytes(self.top_k())))
     }
 
     pub fn describe_formats(&self) -> Vec<(String, String)> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::linear::{matmul_tile_rows, matvec_lanes, ExpertVariant, Layout, Matrix, MatmulKernels, Piece, Variant, MATMUL_TILE_T};
+use super::linear::{matmul_tile_rows, matvec_lanes, ExpertVariant, Matrix, MatmulKernels, Piece, Variant, MATMUL_TILE_T};
 use crate::error::Result;
 use crate::gpu::{grid, Binding, Gpu, Kernel, KernelBuilder};
 
@@ -155,18 +155,15 @@ impl Ops {
     /// `y[:, col0 .. col0 + m.rows] (+)= x @ m^T`, one dispatch per piece; a paired matrix gives
     /// `silu(x @ gate^T) * (x @ up^T)` (its output has half its rows).
     pub fn linear(&mut self, m: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, col0: usize, out_stride: usize, out: Out, head: bool) {
-        let unit = match m.layout {
-            Layout::Paired { unit } => unit as u32,
-            _ => 0,
-        };
-        let variant = Variant { paired_unit: unit, add: out == Out::Add, head, experts: None };
+        let unit = m.pair_unit();
+        let variant = Variant { paired_unit: unit.unwrap_or(0) as u32, add: out == Out::Add, head, experts: None };
         let kernel = self.matmuls.get(&self.gpu, m.format, m.cols, variant);
         self.weight_reads_per_token += m.bytes();
-        let half = if m.is_paired() { 2 } else { 1 };
+        let half = if unit.is_some() { 2 } else { 1 };
         for p in &m.pieces {
             let params = self.piece_uniform(col0 + p.row_start / half, p.rows / half, out_stride, (0, 0), 0);
             let bind = self.piece_bind(&kernel, &params, x, y, p, None);
-            let grid = Grid::Linear { rows: (p.rows / half) as u32, dual: m.is_paired(), lanes: matvec_lanes(m.cols) };
+            let grid = Grid::Linear { rows: (p.rows / half) as u32, dual: unit.is_some(), lanes: matvec_lanes(m.cols) };
             self.ops.push(Op { kernel: kernel.clone(), entry: "", bind, grid, head, phase: Phase::Always });
         }
     }
@@ -183,11 +180,11 @@ impl Ops {
             sum: out == ExpertOut::WeightedSum,
             count,
         };
-        let unit = if m.is_paired() { rows_per_expert as u32 } else { 0 };
-        let variant = Variant { paired_unit: unit, add: out == ExpertOut::WeightedSum, head: false, experts: Some(ev) };
+        let unit = m.pair_unit();
+        let variant = Variant { paired_unit: unit.unwrap_or(0) as u32, add: out == ExpertOut::WeightedSum, head: false, experts: Some(ev) };
         let kernel = self.matmuls.get(&self.gpu, m.format, m.cols, variant);
         if phase != Phase::Prefill {
-            self.weight_reads_per_token += m.bytes() / experts as u64 * top_k as u64;
+            self.weight_reads_per_token += m.decode_bytes(top_k);
         }
         let matrix_rows_per_expert = m.rows / experts;
         for p in &m.pieces {
@@ -202,7 +199,7 @@ impl Ops {
             let slots = if out == ExpertOut::WeightedSum { 1 } else { top_k as u32 };
             let grid = Grid::Experts {
                 rows_per_expert: rows_per_expert as u32,
-                dual: m.is_paired(),
+                dual: unit.is_some(),
                 lanes: matvec_lanes(m.cols),
                 slots,
                 top_k: top_k as u32,

@@ -13,15 +13,14 @@ use futures_util::StreamExt;
 use sha2::Digest;
 use wasm_bindgen::prelude::*;
 
-use crate::chat::{ChatTemplate, Message, TextEvent};
+use crate::chat::{Message, TextEvent};
 use crate::config::ModelConfig;
 use crate::engine::{Engine as CoreEngine, LoadOptions, Loading};
 use crate::error::Error;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::ModelOptions;
 use crate::sample::SamplingOverrides;
-use crate::session::{CompletionRequest, Session};
-use crate::tokenizer::Tokenizer;
+use crate::session::{text_files, CompletionRequest, Session};
 use crate::weights::WeightIndex;
 
 /// The JS error name of an error's kind.
@@ -221,18 +220,8 @@ impl ModelLoader {
         generation_config_json: Option<String>,
     ) -> Result<Engine, JsValue> {
         let loading = self.loading.take().ok_or_else(|| invalid("finish() before plan()"))?;
-        let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), tokenizer_config_json.as_deref().map(str::as_bytes))
-            .map_err(|e| js_error(Error::Text(format!("tokenizer.json: {e}"))))?;
-        let template_src = chat_template.or_else(|| {
-            tokenizer_config_json
-                .as_deref()
-                .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-                .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from))
-        });
-        let template = template_src
-            .map(|t| ChatTemplate::for_tokenizer(&t, &tokenizer))
-            .transpose()
-            .map_err(|e| js_error(Error::Text(format!("chat template: {e}"))))?;
+        let (tokenizer, template) =
+            text_files(&tokenizer_json, tokenizer_config_json.as_deref(), chat_template, "").map_err(js_error)?;
         let engine = loading.finish().map_err(js_error)?;
         let session = Session::new(engine, tokenizer, template, generation_config_json.as_deref());
         Ok(Engine { session: Rc::new(RefCell::new(session)), events: Rc::default(), cancel: Rc::default() })
