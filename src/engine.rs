@@ -299,7 +299,7 @@ impl Engine {
                 let slot = (k + 1) % 2;
                 let idx = self.submit_sampling_pass(pos, 1, (k + 1) as u32, slot);
                 self.counters.decode_steps += 1;
-                self.counters.dispatches += (self.model.dispatches(1) + self.sampler.dispatches_per_step() as usize) as u64;
+                self.counters.dispatches += (self.model.decode_dispatches() + self.sampler.dispatches_per_step() as usize) as u64;
                 Some(idx)
             } else {
                 None

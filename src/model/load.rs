@@ -127,10 +127,10 @@ impl WeightSink {
 
     /// Bytes `offset .. offset + bytes.len()` of file `file`.
     pub fn write(&mut self, file: usize, offset: u64, bytes: &[u8]) -> Result<()> {
-        let name = self.file_names.get(file).cloned().unwrap_or_default();
         if file >= self.segments.len() {
-            return Err(Error::weights(name, "bytes for an unknown weight file"));
+            return Err(Error::Invalid(format!("bytes for weight file {file}, but the model has {}", self.segments.len())));
         }
+        let name = || self.file_names[file].clone();
         if offset == 0 && self.cursor[file] > 0 {
             // The file starts over (a failed checksum, a server that ignored a Range request):
             // its bytes will be written again, to the same places.
@@ -143,7 +143,7 @@ impl WeightSink {
                 }
             }
         } else if offset < self.cursor[file] {
-            return Err(Error::weights(name, format!("bytes at {offset} arrived after bytes up to {}: chunks must come in order", self.cursor[file])));
+            return Err(Error::weights(name(), format!("bytes at {offset} arrived after bytes up to {}: chunks must come in order", self.cursor[file])));
         }
         let end = offset + bytes.len() as u64;
         self.cursor[file] = end;
@@ -157,7 +157,7 @@ impl WeightSink {
             let hi = (s.start + s.len).min(end);
             if lo - s.start != s.done {
                 return Err(Error::weights(
-                    name.clone(),
+                    name(),
                     format!("tensor {}: bytes from {} missing (a chunk was skipped)", s.tensor, s.start + s.done),
                 ));
             }

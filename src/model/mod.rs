@@ -120,6 +120,7 @@ pub struct Qwen3 {
     ops: Ops,
     /// `ops[..body_ops]` is the trunk, `ops[body_ops..]` the final norm and lm_head.
     body_ops: usize,
+    decode_dispatches: usize,
     /// Small f32 tensors (norm weights) to load: (tensor, buffer, elements).
     norms: Vec<(String, wgpu::Buffer, usize)>,
 }
@@ -301,9 +302,11 @@ impl Qwen3 {
             act,
             ops,
             body_ops: 0,
+            decode_dispatches: 0,
             norms,
         };
         model.record(&kernels);
+        model.decode_dispatches = model.ops.count(1);
         Ok(model)
     }
 
@@ -466,8 +469,9 @@ impl Qwen3 {
         &self.act.logits
     }
 
-    pub fn dispatches(&self, n_tokens: u32) -> usize {
-        self.ops.count(n_tokens)
+    /// Dispatches of a one-token pass (counted once, at record time: the decode loop asks every token).
+    pub fn decode_dispatches(&self) -> usize {
+        self.decode_dispatches
     }
 
     /// Record a forward pass of `n_tokens` tokens (ids already in the token buffer, positions
