@@ -27,6 +27,10 @@ pub struct BenchReport {
     /// only the top-k chosen).
     pub ideal_weight_bytes_per_token: u64,
     pub gpu_memory_bytes: u64,
+    /// Of that, the KV cache (`context` positions, `kv_cache` format).
+    pub kv_cache_bytes: u64,
+    pub context: usize,
+    pub kv_cache: String,
     /// MoE models: expert weight bytes per decode token, measured by the expert kernels
     /// themselves (each workgroup counts the expert rows it read), against the ideal: the
     /// top-k chosen experts of every MoE layer, all of their rows once.
@@ -42,7 +46,7 @@ impl BenchReport {
         format!(
             "prefill  {:.1} tok/s ({} tokens)\ndecode   {:.1} tok/s ({} tokens)\nper decode token: {:.0} dispatches, {:.2} submits, \
              {:.2} uniform writes, {:.1} bytes read back\nweights  {:.1} MiB on the GPU; {:.1} MiB read per token (ideal {:.1} MiB, ratio {:.3})\n\
-             GPU memory {:.1} MiB",
+             GPU memory {:.1} MiB, of which KV cache {:.1} MiB ({} positions, {})",
             self.prefill_tokens_per_second,
             self.prompt_tokens,
             self.decode_tokens_per_second,
@@ -56,6 +60,9 @@ impl BenchReport {
             mib(self.ideal_weight_bytes_per_token),
             self.weight_bytes_read_per_token as f64 / self.ideal_weight_bytes_per_token.max(1) as f64,
             mib(self.gpu_memory_bytes),
+            mib(self.kv_cache_bytes),
+            self.context,
+            self.kv_cache,
         ) + &match (self.expert_bytes_read_per_token, self.ideal_expert_bytes_per_token, self.expert_bytes) {
             (Some(read), Some(ideal), Some(all)) => format!(
                 "\nexperts  {:.1} MiB on the GPU; {:.2} MiB read per token, counted on the GPU (ideal: top-k experts {:.2} MiB, ratio {:.3})",
@@ -114,6 +121,9 @@ pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -
         weight_bytes_read_per_token: engine.model.decode_weight_reads(),
         ideal_weight_bytes_per_token: per_token,
         gpu_memory_bytes: engine.gpu.allocated_bytes(),
+        kv_cache_bytes: engine.model.kv_cache_bytes(),
+        context: engine.model.context,
+        kv_cache: format!("{:?}", engine.model.kv_cache).to_lowercase(),
         expert_bytes_read_per_token: expert_read,
         ideal_expert_bytes_per_token: expert_bytes.map(|(_, chosen)| chosen),
         expert_bytes: expert_bytes.map(|(all, _)| all),

@@ -344,6 +344,7 @@ fn check_generate(name: &str) {
     let prompt_arg = id_list(&prompt);
     let run = webqwen(&[
         "generate", "--model", s(&dir), "--token-ids", &prompt_arg, "--temperature", "0", "--max-tokens", "16", "--json",
+        "--kv-cache", "f32",
     ])
     .ok();
     let v = run.json();
@@ -371,7 +372,7 @@ fn check_logits(name: &str) {
     let tokens = ids(&read_json(&dir.join("reference/logits_tokens.json")));
     let tmp = TempDir::new("logits");
     let out = tmp.join("logits.npy");
-    let run = webqwen(&["logits", "--model", s(&dir), "--token-ids", &id_list(&tokens), "--out", s(&out)]).ok();
+    let run = webqwen(&["logits", "--model", s(&dir), "--token-ids", &id_list(&tokens), "--out", s(&out), "--kv-cache", "f32"]).ok();
     assert!(out.exists(), "no {}: {}", out.display(), run.describe());
     let (shape, ours) = read_npy_f32(&out);
     assert_eq!(shape, vec![tokens.len(), VOCAB], "logits shape");
@@ -392,7 +393,7 @@ fn check_logits(name: &str) {
 fn check_perplexity(name: &str) {
     let Some(dir) = fixture(name) else { return };
     let want = read_json(&dir.join("reference/ppl.json"));
-    let run = webqwen(&["perplexity", "--model", s(&dir), "--text", s(&dir.join("reference/ppl.txt")), "--json"]).ok();
+    let run = webqwen(&["perplexity", "--model", s(&dir), "--text", s(&dir.join("reference/ppl.txt")), "--json", "--kv-cache", "f32"]).ok();
     let v = run.json();
     let (ppl, ppl_mlx) = (num(&v, "ppl"), num(&want, "ppl"));
     let rel = (ppl - ppl_mlx).abs() / ppl_mlx;

@@ -137,6 +137,10 @@ struct GpuArgs {
     /// KV-cache length in tokens [default: 4096, or what the model and the binding limit allow].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     context: Option<u32>,
+    /// How the KV cache stores keys and values: f16 (half the memory) or f32 (exactly
+    /// mlx-lm's float32 math). Attention computes in f32 either way.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    kv_cache: String,
 }
 
 #[derive(Args, Clone)]
@@ -188,7 +192,11 @@ impl GpuArgs {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
             gpu: GpuOptions { max_storage_binding: self.max_storage_binding, no_f16: self.no_f16, no_subgroups: self.no_subgroups },
-            model: ModelOptions { context: self.context.map(|c| c as usize), ..Default::default() },
+            model: ModelOptions {
+                context: self.context.map(|c| c as usize),
+                kv_cache: self.kv_cache.parse().expect("clap allows only f16 and f32"),
+                ..Default::default()
+            },
         }
     }
 }

@@ -21,12 +21,44 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::weights::{DType, WeightIndex};
 
+/// How keys and values are stored in the KV cache. Attention always computes in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvCache {
+    /// Two f16 per u32 (`pack2x16float`, no `shader-f16` needed): half the memory, as
+    /// llama.cpp and mlx-lm (which caches in the activation dtype) store it.
+    #[default]
+    F16,
+    /// f32, bit for bit what mlx-lm computes in float32 (the parity tests use it).
+    F32,
+}
+
+impl KvCache {
+    pub fn bytes_per_element(self) -> usize {
+        match self {
+            KvCache::F16 => 2,
+            KvCache::F32 => 4,
+        }
+    }
+}
+
+impl std::str::FromStr for KvCache {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f16" => Ok(KvCache::F16),
+            "f32" => Ok(KvCache::F32),
+            _ => Err(format!("KV cache format {s:?}: use f16 or f32")),
+        }
+    }
+}
+
 /// Load-time choices that are not in config.json.
 #[derive(Clone, Debug)]
 pub struct ModelOptions {
     /// KV-cache length in tokens (prompt + generation). `None`: 4096, or less where the model
     /// or the storage-binding limit allows less.
     pub context: Option<usize>,
+    pub kv_cache: KvCache,
     /// Most tokens per prefill pass.
     pub max_chunk: usize,
     /// Bench only: the expert kernels count the rows they read (see `expert_bytes_read`).
@@ -35,7 +67,7 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { context: None, max_chunk: 128, count_expert_reads: false }
+        ModelOptions { context: None, kv_cache: KvCache::default(), max_chunk: 128, count_expert_reads: false }
     }
 }
 
@@ -107,6 +139,7 @@ pub struct Qwen3 {
     pub config: ModelConfig,
     pub gpu: Arc<Gpu>,
     pub context: usize,
+    pub kv_cache: KvCache,
     /// Most tokens per forward pass.
     pub chunk: usize,
     /// Most logits rows per pass (the logits buffer must fit one binding).
@@ -134,8 +167,9 @@ impl Qwen3 {
         let q_rows = heads * head_dim;
         let kv_rows = kv_heads * head_dim;
         let qkv_width = q_rows + 2 * kv_rows;
-        // Each layer's K (and V) cache is one binding: [kv_heads, context, head_dim] f32.
-        let max_context_for_binding = (gpu.max_binding / (kv_heads * head_dim * 4) as u64) as usize;
+        // Each layer's K (and V) cache is one binding: [kv_heads, context, head_dim].
+        let kv_row_bytes = (kv_heads * head_dim * opts.kv_cache.bytes_per_element()) as u64;
+        let max_context_for_binding = (gpu.max_binding / kv_row_bytes) as usize;
         let context = match opts.context {
             Some(n) if n == 0 || n > c.max_position_embeddings => {
                 return Err(Error::Limit(format!(
@@ -170,7 +204,7 @@ impl Qwen3 {
                 gpu.max_binding
             )));
         }
-        let cache_bytes = (kv_heads * context * head_dim * 4) as u64;
+        let cache_bytes = context as u64 * kv_row_bytes;
         if cache_bytes > gpu.max_binding {
             return Err(Error::Limit(format!(
                 "a layer's KV cache for a context of {context} tokens needs {cache_bytes} bytes, more than the \
@@ -270,6 +304,7 @@ impl Qwen3 {
                 kv_heads,
                 head_dim,
                 context,
+                kv_f16: opts.kv_cache == KvCache::F16,
                 theta: c.rope_theta,
                 eps: c.rms_norm_eps,
                 intermediate: inter,
@@ -292,6 +327,7 @@ impl Qwen3 {
             config,
             gpu,
             context,
+            kv_cache: opts.kv_cache,
             chunk,
             head_chunk,
             step,
@@ -388,6 +424,12 @@ impl Qwen3 {
     }
 
     /// (all weight bytes, the least a decode step can read): each matrix once, the embedding only
+
+    /// Bytes of every layer's K and V caches together.
+    pub fn kv_cache_bytes(&self) -> u64 {
+        let c = &self.config;
+        (2 * c.num_layers * c.num_kv_heads * c.head_dim * self.kv_cache.bytes_per_element() * self.context) as u64
+    }
     /// one row, and of each MoE layer's experts only the top_k chosen.
     pub fn weight_bytes(&self) -> (u64, u64) {
         let mut total = self.embed.bytes();

@@ -307,6 +307,8 @@ pub struct KernelShape {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub context: usize,
+    /// The KV cache holds f16 pairs packed in u32 (else f32).
+    pub kv_f16: bool,
     pub theta: f32,
     pub eps: f32,
     pub intermediate: usize,
@@ -334,6 +336,7 @@ impl ModelKernels {
             .u32("CTX", s.context as u32)
             .f32("THETA", s.theta)
             .f32("EPS", s.eps)
+            .bool("KV_F16", s.kv_f16)
             .bindings(&[Uniform, ReadWrite, Read, Read, ReadWrite, ReadWrite])
             .build(gpu);
         let attention = KernelBuilder::new("attention", include_str!("../../shaders/attention.wgsl"), &["attention"])
@@ -342,6 +345,7 @@ impl ModelKernels {
             .u32("HEAD_DIM", s.head_dim as u32)
             .u32("CTX", s.context as u32)
             .f32("SCALE", (s.head_dim as f32).powf(-0.5))
+            .bool("KV_F16", s.kv_f16)
             .bindings(&[Uniform, Read, Read, Read, ReadWrite])
             .build(gpu);
         let swiglu = KernelBuilder::new("swiglu", include_str!("../../shaders/swiglu.wgsl"), &["swiglu"])

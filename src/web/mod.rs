@@ -18,7 +18,7 @@ use crate::config::ModelConfig;
 use crate::engine::{Engine as CoreEngine, LoadOptions, Loading};
 use crate::error::Error;
 use crate::gpu::{Gpu, GpuOptions};
-use crate::model::ModelOptions;
+use crate::model::{KvCache, ModelOptions};
 use crate::sample::SamplingOverrides;
 use crate::session::{text_files, CompletionRequest, Session};
 use crate::weights::WeightIndex;
@@ -117,6 +117,8 @@ impl Default for Sha256 {
 struct LoaderOptions {
     max_storage_binding: Option<u64>,
     context: Option<usize>,
+    /// "f16" (default) or "f32".
+    kv_cache: Option<String>,
 }
 
 /// Loads one model: headers first (`addHeader`), then `plan()` allocates the GPU buffers, then the
@@ -132,7 +134,7 @@ pub struct ModelLoader {
 
 #[wasm_bindgen]
 impl ModelLoader {
-    /// `options`: `{ maxStorageBinding?, context? }`.
+    /// `options`: `{ maxStorageBinding?, context?, kvCache? }`.
     pub async fn create(config_json: String, options: JsValue) -> Result<ModelLoader, JsValue> {
         let config = ModelConfig::from_json(&config_json).map_err(js_error)?;
         let opts: LoaderOptions = if options.is_undefined() || options.is_null() {
@@ -141,9 +143,13 @@ impl ModelLoader {
             let text = js_sys::JSON::stringify(&options).map_err(|_| invalid("options must be a plain object"))?;
             serde_json::from_str(&String::from(text)).map_err(|e| invalid(format!("options: {e}")))?
         };
+        let kv_cache = match opts.kv_cache.as_deref() {
+            None => KvCache::default(),
+            Some(s) => s.parse().map_err(invalid)?,
+        };
         let options = LoadOptions {
             gpu: GpuOptions { max_storage_binding: opts.max_storage_binding, ..Default::default() },
-            model: ModelOptions { context: opts.context, ..Default::default() },
+            model: ModelOptions { context: opts.context, kv_cache, ..Default::default() },
         };
         Ok(ModelLoader { config, options, index: WeightIndex::default(), sizes: Vec::new(), loading: None })
     }
@@ -191,6 +197,7 @@ impl ModelLoader {
             "gpuBytes": loading.model.gpu.allocated_bytes(),
             "weightBytes": weight_bytes,
             "context": loading.model.context,
+            "kvCacheBytes": loading.model.kv_cache_bytes(),
             "files": self.index.files.iter().zip(&self.sizes).map(|(n, s)| serde_json::json!({"name": n, "size": s})).collect::<Vec<_>>(),
             "gpu": gpu_json(&loading.model.gpu),
         });
@@ -283,7 +290,8 @@ impl Engine {
                 "experts": c.moe.as_ref().map(|x| x.num_experts), "topK": c.moe.as_ref().map(|x| x.num_experts_per_tok),
             },
             "context": m.context,
-            "memory": {"gpuBytes": m.gpu.allocated_bytes(), "weightBytes": weights},
+            "kvCache": format!("{:?}", m.kv_cache).to_lowercase(),
+            "memory": {"gpuBytes": m.gpu.allocated_bytes(), "weightBytes": weights, "kvCacheBytes": m.kv_cache_bytes()},
         })))
     }
 

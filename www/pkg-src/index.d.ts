@@ -34,6 +34,11 @@ export interface CreateEngineOptions {
   /** Split tensors to at most this many bytes per binding (default: the adapter's limit). */
   maxStorageBinding?: number;
   /**
+   * How the KV cache stores keys and values: 'f16' (default: half the memory, needs no
+   * shader-f16) or 'f32'. Attention computes in f32 either way.
+   */
+  kvCache?: 'f16' | 'f32';
+  /**
    * Where weights are cached: 'auto' (OPFS, else the Cache API, else nothing), 'opfs',
    * 'cache', or 'none' (always download). Default 'auto'.
    */

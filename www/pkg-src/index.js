@@ -40,11 +40,13 @@ function pageBase() {
 export async function createEngine(options = {}) {
   const {
     model, endpoint = DEFAULT_ENDPOINT, onProgress, signal, context, maxStorageBinding, storage = 'auto',
+    kvCache = 'f16',
   } = options;
   const source = normalizeModel(model, { endpoint, base: pageBase() });
   for (const [key, v] of Object.entries({ context, maxStorageBinding })) {
     if (v != null && !(Number.isInteger(v) && v > 0)) throw new TypeError(`\`${key}\` must be a positive integer.`);
   }
+  if (!['f16', 'f32'].includes(kvCache)) throw new TypeError('`kvCache` must be "f16" or "f32".');
   if (!['auto', 'opfs', 'cache', 'none'].includes(storage)) {
     throw new TypeError('`storage` must be one of "auto", "opfs", "cache", "none".');
   }
@@ -60,7 +62,7 @@ export async function createEngine(options = {}) {
   const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module', name: 'webqwen' });
   const client = new WorkerClient(worker);
   try {
-    await client.load({ source, context, maxStorageBinding, storage }, onProgress, signal);
+    await client.load({ source, context, maxStorageBinding, kvCache, storage }, onProgress, signal);
     return new Engine(client, source, storageState);
   } catch (e) {
     client.terminate();

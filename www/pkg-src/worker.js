@@ -146,7 +146,7 @@ async function loadModel(options, signal, progress) {
 
 /** Loads one model: small files, headers, plan, weights, finish. */
 class ModelLoad {
-  constructor({ source, store, signal, progress, context, maxStorageBinding }) {
+  constructor({ source, store, signal, progress, context, maxStorageBinding, kvCache }) {
     this.source = source;
     this.store = store;
     this.signal = signal;
@@ -154,6 +154,7 @@ class ModelLoad {
     this.loaderOptions = {};
     if (context != null) this.loaderOptions.context = context;
     if (maxStorageBinding != null) this.loaderOptions.maxStorageBinding = maxStorageBinding;
+    if (kvCache != null) this.loaderOptions.kvCache = kvCache;
     this.files = new Map(); // name -> open StoredFile
   }
 
