@@ -3,7 +3,8 @@
 #   1. the wasm32 target (rustup) when missing;
 #   2. the library for wasm32-unknown-unknown in release;
 #   3. wasm-bindgen at exactly the version Cargo.lock pins (wasm-bindgen-cli installed when missing);
-#   4. wasm-opt when available (binaryen), else the unoptimised module;
+#   4. wasm-opt (binaryen) when on PATH or installable from npm (www/tools), else the
+#      unoptimised module;
 #   5. pkg/: the wasm glue, the Web Worker engine and its main-thread API (www/pkg-src), types,
 #      README and package.json. `npm pack` in pkg/ gives the tarball.
 # Usage: ./pkg-build.sh [--out DIR]
@@ -39,13 +40,35 @@ rm -rf "$out"
 mkdir -p "$out"
 wasm-bindgen --target web --out-dir "$out" --out-name webqwen_wasm \
     target/wasm32-unknown-unknown/release/webqwen.wasm
-if command -v wasm-opt >/dev/null; then
-    say "optimising with $(wasm-opt --version)"
-    wasm-opt -O3 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+# wasm-opt: binaryen's on PATH, else the pinned npm build in www/tools (installed here when npm
+# can reach its registry; WEBQWEN_NO_WASM_OPT=1 skips optimising).
+wasm_opt=""
+if [[ -z "${WEBQWEN_NO_WASM_OPT:-}" ]]; then
+    if command -v wasm-opt >/dev/null; then
+        wasm_opt=wasm-opt
+    else
+        tools=www/tools
+        lock="$(sha256sum "$tools/package-lock.json" | cut -c1-16)"
+        if [[ "$(cat "$tools/node_modules/.lock-stamp" 2>/dev/null)" != "$lock" ]] && command -v npm >/dev/null; then
+            say "installing binaryen's wasm-opt (npm, pinned in $tools/package-lock.json)"
+            if (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error); then
+                echo "$lock" > "$tools/node_modules/.lock-stamp"
+            fi
+        fi
+        [[ -x "$tools/node_modules/.bin/wasm-opt" ]] && wasm_opt="$tools/node_modules/.bin/wasm-opt"
+    fi
+fi
+if [[ -n "$wasm_opt" ]]; then
+    say "optimising with $("$wasm_opt" --version)"
+    before=$(stat -c %s "$out/webqwen_wasm_bg.wasm")
+    # The features rustc's wasm32 target emits by default.
+    "$wasm_opt" -O3 --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+        --enable-mutable-globals --enable-reference-types --enable-multivalue \
         "$out/webqwen_wasm_bg.wasm" -o "$out/webqwen_wasm_bg.wasm.opt"
     mv "$out/webqwen_wasm_bg.wasm.opt" "$out/webqwen_wasm_bg.wasm"
+    say "wasm-opt: $before -> $(stat -c %s "$out/webqwen_wasm_bg.wasm") bytes"
 else
-    say "wasm-opt not found (apt-get install binaryen): keeping the unoptimised module"
+    say "no wasm-opt (apt-get install binaryen, or npm in www/tools): keeping the unoptimised module"
 fi
 
 cp www/pkg-src/*.js www/pkg-src/*.d.ts www/pkg-src/README.md "$out/"

@@ -23,6 +23,11 @@ const SAMPLING = {
 
 const params = new URLSearchParams(location.search);
 const ENDPOINT = params.get('endpoint') || undefined; // another hub, e.g. a mirror (and the tests)
+// Sampling fixed from the URL (`?temperature=0&max_tokens=64&seed=1`): reproducible answers
+// for comparing models and devices, and for the tests.
+const URL_SAMPLING = Object.fromEntries(['temperature', 'top_p', 'top_k', 'min_p', 'presence_penalty', 'max_tokens', 'seed']
+  .filter((k) => params.has(k) && Number.isFinite(Number(params.get(k))))
+  .map((k) => [k, Number(params.get(k))]));
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -262,9 +267,11 @@ async function loadModel(model) {
       onProgress: showProgress,
     });
     state.engine = engine;
-    state.engineModel = model;
-    localStorage.setItem('webqwen.model', model);
-    setEngineState('ready', shortName(model));
+    // The package's normalised id (a URL loses its trailing slash), as the cached list names it.
+    state.engineModel = engine.model;
+    setSelectedModel(engine.model);
+    localStorage.setItem('webqwen.model', engine.model);
+    setEngineState('ready', shortName(engine.model));
     ui.progress.hidden = true;
     if (matchMedia('(max-width: 899px)').matches) closeDrawer();
     ui.input.focus({ preventScroll: true });
@@ -413,6 +420,7 @@ async function send() {
       stream: true,
       enable_thinking: thinking,
       ...(thinking ? SAMPLING.thinking : SAMPLING.direct),
+      ...URL_SAMPLING,
       signal: abort.signal,
     });
     for await (const chunk of stream) {

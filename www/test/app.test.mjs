@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { setUp, OUT_DIR, requests } from './setup.mjs';
+import { setUp, OUT_DIR, requests, assertNotBlank } from './setup.mjs';
 import { makeModel } from './fixtures.mjs';
 
 const MiB = 1 << 20;
@@ -35,32 +35,6 @@ async function ask(text) {
 
 async function answered() {
   await page.waitForSelector('body[data-generating="false"]', { timeout: 30_000 });
-}
-
-/** Decodes a screenshot in the page and checks it is not one flat colour. */
-async function assertNotBlank(png, label) {
-  const stats = await page.evaluate(async (b64) => {
-    const img = new Image();
-    img.src = `data:image/png;base64,${b64}`;
-    await img.decode();
-    const c = new OffscreenCanvas(img.width, img.height);
-    const ctx = c.getContext('2d');
-    ctx.drawImage(img, 0, 0);
-    const { data } = ctx.getImageData(0, 0, img.width, img.height);
-    const colours = new Set();
-    let sum = 0;
-    let sum2 = 0;
-    for (let i = 0; i < data.length; i += 4 * 7) {
-      colours.add((data[i] >> 3) << 10 | (data[i + 1] >> 3) << 5 | (data[i + 2] >> 3));
-      const l = 0.2126 * data[i] + 0.7152 * data[i + 1] + 0.0722 * data[i + 2];
-      sum += l;
-      sum2 += l * l;
-    }
-    const n = data.length / 28;
-    return { width: img.width, height: img.height, colours: colours.size, stdev: Math.sqrt(sum2 / n - (sum / n) ** 2) };
-  }, png.toString('base64'));
-  assert.ok(stats.colours > 20 && stats.stdev > 5, `${label} looks blank: ${JSON.stringify(stats)}`);
-  return stats;
 }
 
 test('loads the model from ?model=, streams with thinking, stops, shows tok/s', async () => {
@@ -103,7 +77,7 @@ test('loads the model from ?model=, streams with thinking, stops, shows tok/s', 
   await ask('one more for the picture');
   await answered();
   const desktop = await page.screenshot({ path: path.join(OUT_DIR, 'app-desktop.png') });
-  await assertNotBlank(desktop, 'desktop screenshot');
+  await assertNotBlank(page, desktop, 'desktop screenshot');
 
   // iPhone-sized: the sidebar becomes a drawer; nothing overflows sideways.
   await page.setViewportSize({ width: 390, height: 844 });
@@ -112,7 +86,7 @@ test('loads the model from ?model=, streams with thinking, stops, shows tok/s', 
   assert.ok(overflow <= 0, `horizontal overflow of ${overflow}px on a phone screen`);
   assert.equal(await page.isVisible('#models-btn'), true);
   const mobile = await page.screenshot({ path: path.join(OUT_DIR, 'app-mobile.png') });
-  await assertNotBlank(mobile, 'mobile screenshot');
+  await assertNotBlank(page, mobile, 'mobile screenshot');
   await page.click('#models-btn');
   await page.waitForTimeout(400); // the drawer's slide-in
   await page.screenshot({ path: path.join(OUT_DIR, 'app-mobile-models.png') });

@@ -9,12 +9,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { setUp, requests } from './setup.mjs';
-import { repoRoot } from './fixtures.mjs';
+import { nativeGreedy, copyFixture, FIXTURES, NATIVE } from './native.mjs';
 
-const FIXTURES = path.join(repoRoot, 'tests/fixtures/models');
-const NATIVE = path.join(repoRoot, 'target/release/webqwen');
 const MODELS = ['q4_g64', 'moe_e8k2_q4'];
 const PROMPT = 'Hello';
 const MAX_TOKENS = 8;
@@ -24,13 +21,7 @@ let page;
 const have = fs.existsSync(path.join(FIXTURES, 'manifest.json')) && fs.existsSync(NATIVE);
 
 /** Greedy token ids of the native engine for the same chat. */
-function nativeTokens(name) {
-  const out = execFileSync(NATIVE, [
-    'generate', '--model', path.join(FIXTURES, name), '--prompt', PROMPT, '--temperature', '0',
-    '--max-tokens', String(MAX_TOKENS), '--no-think', '--json',
-  ], { encoding: 'utf8', env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' } });
-  return JSON.parse(out).tokens;
-}
+const nativeTokens = (name) => nativeGreedy(name, PROMPT, MAX_TOKENS).tokens;
 
 /** Load `name` through the package and chat greedily; plain data back. */
 async function browserTokens(name) {
@@ -51,14 +42,7 @@ async function browserTokens(name) {
 before(async () => {
   if (!have) return;
   env = await setUp('engine', { realPackage: true });
-  for (const name of MODELS) {
-    const dst = path.join(env.modelsDir, 'fixtures', name);
-    fs.mkdirSync(dst, { recursive: true });
-    for (const f of fs.readdirSync(path.join(FIXTURES, name))) {
-      const src = path.join(FIXTURES, name, f);
-      if (fs.statSync(src).isFile()) fs.copyFileSync(src, path.join(dst, f));
-    }
-  }
+  for (const name of MODELS) copyFixture(name, path.join(env.modelsDir, 'fixtures', name));
   page = await env.context.newPage();
   await page.goto(`${env.app.url}/www/test/pages/harness.html`);
   await page.waitForFunction(() => window.harnessReady);

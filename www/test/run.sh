@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Browser tests of www/ in headless Chromium: the npm package's JS side with a mock wasm
-# module, the chat app, and (engine.test.mjs) the real package from ./pkg-build.sh on the
-# fixture models, against the native binary. Installs what is missing: the pinned npm dependencies
-# (npm ci) and, on Debian as root, the chromium package. Screenshots go to $OUT_DIR
-# (default /tmp/webqwen-www-test).
+# module, the chat app, and the real package from ./pkg-build.sh on the fixture models against
+# the native binary: through the test harness (engine.test.mjs), the chat app (app-engine.test.mjs)
+# and a web app built with Vite from the packed tarball (vite.test.mjs). Installs what is
+# missing: the pinned npm dependencies (npm ci) and, on Debian as root, the chromium package.
+# Screenshots go to $OUT_DIR (default /tmp/webqwen-www-test).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,12 +17,14 @@ if [[ ! -x "$CHROMIUM" ]]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 command -v npm >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
-want="$(node -p "require('./package.json').devDependencies['playwright-core']")"
-have="$(node -p "try { require('./node_modules/playwright-core/package.json').version } catch { '' }")"
-if [[ "$want" != "$have" ]]; then
+# npm ci when node_modules was not installed from this exact lock file.
+lock="$(sha256sum package-lock.json | cut -c1-16)"
+if [[ "$(cat node_modules/.lock-stamp 2>/dev/null)" != "$lock" ]]; then
     npm ci --no-audit --no-fund --loglevel=error
+    echo "$lock" > node_modules/.lock-stamp
 fi
 
 export CHROMIUM
 # One file at a time: each starts its own browser and servers.
-node --test --test-concurrency=1 --test-reporter=spec unit.test.mjs package.test.mjs app.test.mjs engine.test.mjs
+node --test --test-concurrency=1 --test-reporter=spec \
+    unit.test.mjs package.test.mjs app.test.mjs engine.test.mjs app-engine.test.mjs vite.test.mjs

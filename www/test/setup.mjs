@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 import { assembleMockPackage, repoRoot } from './fixtures.mjs';
@@ -12,7 +13,7 @@ import { assembleMockPackage, repoRoot } from './fixtures.mjs';
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const OUT_DIR = process.env.OUT_DIR || path.join(os.tmpdir(), 'webqwen-www-test');
 
-const FLAGS = [
+export const FLAGS = [
   '--headless', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
 ];
@@ -65,4 +66,33 @@ export function ranges(server, suffix) {
   const out = [];
   for (const [p, s] of Object.entries(server.stats())) if (p.endsWith(suffix)) out.push(...s.ranges);
   return out;
+}
+
+/**
+ * Decodes a PNG screenshot in `page` and checks that it is a picture rather than one flat
+ * colour: at least `colours` distinct (5-bit-per-channel) colours and a luminance spread.
+ */
+export async function assertNotBlank(page, png, label, { colours = 20, stdev = 5 } = {}) {
+  const stats = await page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = `data:image/png;base64,${b64}`;
+    await img.decode();
+    const c = new OffscreenCanvas(img.width, img.height);
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const { data } = ctx.getImageData(0, 0, img.width, img.height);
+    const seen = new Set();
+    let sum = 0;
+    let sum2 = 0;
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4 * 7, n++) {
+      seen.add((data[i] >> 3) << 10 | (data[i + 1] >> 3) << 5 | (data[i + 2] >> 3));
+      const l = 0.2126 * data[i] + 0.7152 * data[i + 1] + 0.0722 * data[i + 2];
+      sum += l;
+      sum2 += l * l;
+    }
+    return { width: img.width, height: img.height, colours: seen.size, stdev: Math.sqrt(sum2 / n - (sum / n) ** 2) };
+  }, png.toString('base64'));
+  assert.ok(stats.colours > colours && stats.stdev > stdev, `${label} looks blank: ${JSON.stringify(stats)}`);
+  return stats;
 }
