@@ -2,8 +2,8 @@
 // (WebGPU through SwiftShader: no shader-f16), on the random-weight fixture models that
 // tests/fixtures/make_models.py converted with mlx-lm. Greedy tokens must equal the native
 // binary's exactly, dense and MoE; a second load must take every file from the browser cache
-// (the model server sees no request at all) and give the same tokens; and so must a third
-// with the model server stopped.
+// (the model server sees no request at all) and give the same tokens; and so must a load with
+// tensors split into 1 MiB bindings, and one with the model server stopped.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,10 +23,10 @@ const have = fs.existsSync(path.join(FIXTURES, 'manifest.json')) && fs.existsSyn
 /** Greedy token ids of the native engine for the same chat. */
 const nativeTokens = (name) => nativeGreedy(name, PROMPT, MAX_TOKENS).tokens;
 
-/** Load `name` through the package and chat greedily; plain data back. */
-async function browserTokens(name) {
+/** Load `name` through the package (`options`: more createEngine options) and chat greedily. */
+async function browserTokens(name, options = {}) {
   const t0 = Date.now();
-  const loaded = await page.evaluate((o) => window.load(o), { model: `${env.models.url}/fixtures/${name}/` });
+  const loaded = await page.evaluate((o) => window.load(o), { model: `${env.models.url}/fixtures/${name}/`, ...options });
   assert.ok(loaded.ok, `${name}: load failed: ${JSON.stringify(loaded.error)}\n${env.logs.slice(-20).join('\n')}`);
   const loadMs = Date.now() - t0;
   const reply = await page.evaluate(async (req) => {
@@ -52,7 +52,7 @@ after(async () => {
   await env?.tearDown();
 });
 
-test('greedy tokens equal the native engine, from the network, the cache, and offline', { skip: !have && 'no fixtures or native binary (bash tests/run_all.sh builds them)' }, async () => {
+test('greedy tokens equal the native engine, from the network, the cache, offline, and split into 1 MiB bindings', { skip: !have && 'no fixtures or native binary (bash tests/run_all.sh builds them)' }, async () => {
   for (const name of MODELS) {
     const want = nativeTokens(name);
     assert.equal(want.length, MAX_TOKENS);
@@ -69,6 +69,11 @@ test('greedy tokens equal the native engine, from the network, the cache, and of
     assert.deepEqual(second.tokens, want, `${name}: second load (cache)`);
     assert.equal(requests(env.models, 'model.safetensors'), 0, `${name}: the second load fetched weights: ${JSON.stringify(env.models.stats())}`);
     console.log(`${name}: cached load ${second.loadMs} ms`);
+
+    // Tensors split into 1 MiB bindings in wasm too (the embedding, lm_head and, in the MoE
+    // model, the stacked experts span many pieces): the native engine's tokens at that limit.
+    const split = await browserTokens(name, { maxStorageBinding: 1 << 20 });
+    assert.deepEqual(split.tokens, nativeGreedy(name, PROMPT, MAX_TOKENS, ['--max-storage-binding', String(1 << 20)]).tokens, `${name}: 1 MiB bindings`);
   }
 
   await env.models.close();

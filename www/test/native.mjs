@@ -11,13 +11,13 @@ export const NATIVE = path.join(repoRoot, 'target/release/webqwen');
 
 const memo = new Map();
 
-/** Greedy completion of one user message, thinking off: `{tokens, content, text}`. */
-export function nativeGreedy(name, prompt, maxTokens) {
-  const key = JSON.stringify([name, prompt, maxTokens]);
+/** Greedy completion of one user message, thinking off: `{tokens, text}`. `extra`: more CLI flags. */
+export function nativeGreedy(name, prompt, maxTokens, extra = []) {
+  const key = JSON.stringify([name, prompt, maxTokens, extra]);
   if (!memo.has(key)) {
     const out = execFileSync(NATIVE, [
       'generate', '--model', path.join(FIXTURES, name), '--prompt', prompt, '--temperature', '0',
-      '--max-tokens', String(maxTokens), '--no-think', '--json',
+      '--max-tokens', String(maxTokens), '--no-think', '--json', ...extra,
     ], { encoding: 'utf8', env: { ...process.env, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR || '/tmp' } });
     const v = JSON.parse(out);
     memo.set(key, { tokens: v.tokens, text: v.content });
