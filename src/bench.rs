@@ -30,7 +30,7 @@ pub struct BenchReport {
     /// Of that, the KV cache (`context` positions, `kv_cache` format).
     pub kv_cache_bytes: u64,
     pub context: usize,
-    pub kv_cache: String,
+    pub kv_cache: crate::model::KvCache,
     /// MoE models: expert weight bytes per decode token, measured by the expert kernels
     /// themselves (each workgroup counts the expert rows it read), against the ideal: the
     /// top-k chosen experts of every MoE layer, all of their rows once.
@@ -62,7 +62,7 @@ impl BenchReport {
             mib(self.gpu_memory_bytes),
             mib(self.kv_cache_bytes),
             self.context,
-            self.kv_cache,
+            self.kv_cache.name(),
         ) + &match (self.expert_bytes_read_per_token, self.ideal_expert_bytes_per_token, self.expert_bytes) {
             (Some(read), Some(ideal), Some(all)) => format!(
                 "\nexperts  {:.1} MiB on the GPU; {:.2} MiB read per token, counted on the GPU (ideal: top-k experts {:.2} MiB, ratio {:.3})",
@@ -123,7 +123,7 @@ pub async fn run(engine: &mut Engine, prompt_tokens: usize, gen_tokens: usize) -
         gpu_memory_bytes: engine.gpu.allocated_bytes(),
         kv_cache_bytes: engine.model.kv_cache_bytes(),
         context: engine.model.context,
-        kv_cache: format!("{:?}", engine.model.kv_cache).to_lowercase(),
+        kv_cache: engine.model.kv_cache,
         expert_bytes_read_per_token: expert_read,
         ideal_expert_bytes_per_token: expert_bytes.map(|(_, chosen)| chosen),
         expert_bytes: expert_bytes.map(|(all, _)| all),

@@ -72,6 +72,11 @@ fn compare_logits(name: &str, ours: &[f32], reference: &[f32], vocab: usize) -> 
     LogitStats { worst_rel_l2: worst, argmax_checked: checked }
 }
 
+/// `n` greedy tokens after `prompt` (reusing whatever KV prefix the engine holds).
+fn greedy(session: &mut Session, prompt: &[u32], n: usize) -> Vec<u32> {
+    pollster::block_on(session.engine.generate(prompt, &SamplingParams::default(), n, &[], &mut |_| true)).unwrap().tokens
+}
+
 /// Options with mlx-lm's float32 math: an f32 KV cache.
 fn f32_options() -> LoadOptions {
     let mut opts = LoadOptions::default();
@@ -110,19 +115,13 @@ fn check_model(name: &str, f16_kv: bool) {
     assert!(ppl_rel <= PPL_REL_MAX, "{name}: perplexity {ppl} vs mlx-lm {ppl_mlx} ({ppl_rel:.2e} relative)");
 
     // Greedy decoding through the whole GPU path (prefill, KV cache, GPU argmax).
-    let greedy = read_json(&reference.join("greedy.json"));
-    let prompt = ids(&greedy["prompt_tokens"]);
-    let want = ids(&greedy["tokens"]);
+    let greedy_ref = read_json(&reference.join("greedy.json"));
+    let prompt = ids(&greedy_ref["prompt_tokens"]);
+    let want = ids(&greedy_ref["tokens"]);
     session.engine.reset();
-    let got = pollster::block_on(session.engine.generate(&prompt, &SamplingParams::default(), want.len(), &[], &mut |_| true))
-        .unwrap()
-        .tokens;
-    assert_eq!(got, want, "{name}: greedy tokens differ from mlx-lm");
+    assert_eq!(greedy(&mut session, &prompt, want.len()), want, "{name}: greedy tokens differ from mlx-lm");
     // And again reusing the cached prompt prefix (a second chat turn does this).
-    let got_again = pollster::block_on(session.engine.generate(&prompt, &SamplingParams::default(), want.len(), &[], &mut |_| true))
-        .unwrap()
-        .tokens;
-    assert_eq!(got_again, want, "{name}: greedy tokens differ when the KV prefix is reused");
+    assert_eq!(greedy(&mut session, &prompt, want.len()), want, "{name}: greedy tokens differ when the KV prefix is reused");
     drop(session);
 
     // Split into 1 MiB bindings, no f16, no subgroups: the same numbers.
@@ -163,11 +162,8 @@ fn check_model(name: &str, f16_kv: bool) {
     let half_ppl_rel = (half_nll.exp() - ppl_mlx).abs() / ppl_mlx;
     assert!(half_ppl_rel <= PPL_REL_MAX, "{name}: f16 KV cache: perplexity {} vs mlx-lm {ppl_mlx} ({half_ppl_rel:.2e} relative)", half_nll.exp());
     half.engine.reset();
-    let greedy = |s: &mut Session| {
-        pollster::block_on(s.engine.generate(&prompt, &SamplingParams::default(), want.len(), &[], &mut |_| true)).unwrap().tokens
-    };
-    let half_greedy = greedy(&mut half);
-    assert_eq!(greedy(&mut half), half_greedy, "{name}: f16 KV cache: greedy tokens change when the KV prefix is reused");
+    let half_greedy = greedy(&mut half, &prompt, want.len());
+    assert_eq!(greedy(&mut half, &prompt, want.len()), half_greedy, "{name}: f16 KV cache: greedy tokens change when the KV prefix is reused");
     let agree = half_greedy.iter().zip(&want).take_while(|(a, b)| a == b).count();
     println!(
         "{name}: f16 KV cache: worst rel L2 {:.2e}, ppl {:.1e} relative, first {agree}/{} greedy tokens equal mlx-lm's",

@@ -22,7 +22,9 @@ use crate::gpu::Gpu;
 use crate::weights::{DType, WeightIndex};
 
 /// How keys and values are stored in the KV cache. Attention always computes in f32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Named "f16" / "f32" on the command line, in JSON and in the browser's options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum KvCache {
     /// Two f16 per u32 (`pack2x16float`, no `shader-f16` needed): half the memory, as
     /// llama.cpp and mlx-lm (which caches in the activation dtype) store it.
@@ -39,16 +41,19 @@ impl KvCache {
             KvCache::F32 => 4,
         }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCache::F16 => "f16",
+            KvCache::F32 => "f32",
+        }
+    }
 }
 
 impl std::str::FromStr for KvCache {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "f16" => Ok(KvCache::F16),
-            "f32" => Ok(KvCache::F32),
-            _ => Err(format!("KV cache format {s:?}: use f16 or f32")),
-        }
+        [KvCache::F16, KvCache::F32].into_iter().find(|k| k.name() == s).ok_or_else(|| format!("KV cache format {s:?}: use f16 or f32"))
     }
 }
 
@@ -423,13 +428,12 @@ impl Qwen3 {
         (dests, &self.norms)
     }
 
-    /// (all weight bytes, the least a decode step can read): each matrix once, the embedding only
-
     /// Bytes of every layer's K and V caches together.
     pub fn kv_cache_bytes(&self) -> u64 {
-        let c = &self.config;
-        (2 * c.num_layers * c.num_kv_heads * c.head_dim * self.kv_cache.bytes_per_element() * self.context) as u64
+        self.layers.iter().map(|l| l.k_cache.size() + l.v_cache.size()).sum()
     }
+
+    /// (all weight bytes, the least a decode step can read): each matrix once, the embedding only
     /// one row, and of each MoE layer's experts only the top_k chosen.
     pub fn weight_bytes(&self) -> (u64, u64) {
         let mut total = self.embed.bytes();

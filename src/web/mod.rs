@@ -118,7 +118,8 @@ struct LoaderOptions {
     max_storage_binding: Option<u64>,
     context: Option<usize>,
     /// "f16" (default) or "f32".
-    kv_cache: Option<String>,
+    #[serde(default)]
+    kv_cache: KvCache,
 }
 
 /// Loads one model: headers first (`addHeader`), then `plan()` allocates the GPU buffers, then the
@@ -143,13 +144,9 @@ impl ModelLoader {
             let text = js_sys::JSON::stringify(&options).map_err(|_| invalid("options must be a plain object"))?;
             serde_json::from_str(&String::from(text)).map_err(|e| invalid(format!("options: {e}")))?
         };
-        let kv_cache = match opts.kv_cache.as_deref() {
-            None => KvCache::default(),
-            Some(s) => s.parse().map_err(invalid)?,
-        };
         let options = LoadOptions {
             gpu: GpuOptions { max_storage_binding: opts.max_storage_binding, ..Default::default() },
-            model: ModelOptions { context: opts.context, kv_cache, ..Default::default() },
+            model: ModelOptions { context: opts.context, kv_cache: opts.kv_cache, ..Default::default() },
         };
         Ok(ModelLoader { config, options, index: WeightIndex::default(), sizes: Vec::new(), loading: None })
     }
@@ -290,7 +287,7 @@ impl Engine {
                 "experts": c.moe.as_ref().map(|x| x.num_experts), "topK": c.moe.as_ref().map(|x| x.num_experts_per_tok),
             },
             "context": m.context,
-            "kvCache": format!("{:?}", m.kv_cache).to_lowercase(),
+            "kvCache": m.kv_cache,
             "memory": {"gpuBytes": m.gpu.allocated_bytes(), "weightBytes": weights, "kvCacheBytes": m.kv_cache_bytes()},
         })))
     }
