@@ -48,14 +48,10 @@ if [[ -z "${WEBQWEN_NO_WASM_OPT:-}" ]]; then
         wasm_opt=wasm-opt
     else
         tools=www/tools
-        lock="$(sha256sum "$tools/package-lock.json" | cut -c1-16)"
-        if [[ "$(cat "$tools/node_modules/.lock-stamp" 2>/dev/null)" != "$lock" ]] && command -v npm >/dev/null; then
-            say "installing binaryen's wasm-opt (npm, pinned in $tools/package-lock.json)"
-            if (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error); then
-                echo "$lock" > "$tools/node_modules/.lock-stamp"
-            fi
+        if command -v npm >/dev/null; then
+            bash "$tools/npm-ci.sh" "$tools" || say "could not install binaryen from npm"
         fi
-        [[ -x "$tools/node_modules/.bin/wasm-opt" ]] && wasm_opt="$tools/node_modules/.bin/wasm-opt"
+        if [[ -x "$tools/node_modules/.bin/wasm-opt" ]]; then wasm_opt="$tools/node_modules/.bin/wasm-opt"; fi
     fi
 fi
 if [[ -n "$wasm_opt" ]]; then

@@ -39,14 +39,13 @@ function pageBase() {
  */
 export async function createEngine(options = {}) {
   const {
-    model, endpoint = DEFAULT_ENDPOINT, onProgress, signal, context, maxStorageBinding, storage = 'auto',
-    kvCache = 'f16',
+    model, endpoint = DEFAULT_ENDPOINT, onProgress, signal, context, maxStorageBinding, kvCache, storage = 'auto',
   } = options;
   const source = normalizeModel(model, { endpoint, base: pageBase() });
   for (const [key, v] of Object.entries({ context, maxStorageBinding })) {
     if (v != null && !(Number.isInteger(v) && v > 0)) throw new TypeError(`\`${key}\` must be a positive integer.`);
   }
-  if (!['f16', 'f32'].includes(kvCache)) throw new TypeError('`kvCache` must be "f16" or "f32".');
+  if (kvCache != null && !['f16', 'f32'].includes(kvCache)) throw new TypeError('`kvCache` must be "f16" or "f32".');
   if (!['auto', 'opfs', 'cache', 'none'].includes(storage)) {
     throw new TypeError('`storage` must be one of "auto", "opfs", "cache", "none".');
   }

@@ -5,23 +5,19 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { setUp, OUT_DIR, assertNotBlank } from './setup.mjs';
-import { nativeGreedy, copyFixture, FIXTURES, NATIVE } from './native.mjs';
-import { repoRoot } from './fixtures.mjs';
+import { nativeGreedy, copyFixture, realEngineSkip as skip } from './native.mjs';
 
 const MODEL = 'q4_g64';
 const PROMPT = 'Hello';
 const MAX_TOKENS = 12;
-const have = fs.existsSync(path.join(FIXTURES, 'manifest.json')) && fs.existsSync(NATIVE)
-  && fs.existsSync(path.join(repoRoot, 'pkg/webqwen_wasm_bg.wasm'));
 
 let env;
 let page;
 
 before(async () => {
-  if (!have) return;
+  if (skip) return;
   env = await setUp('app-engine', { realPackage: true });
   copyFixture(MODEL, path.join(env.modelsDir, MODEL));
   page = await env.context.newPage();
@@ -31,7 +27,7 @@ after(async () => {
   await env?.tearDown();
 });
 
-test('the chat app streams the real engine\'s answer, equal to the native one', { skip: !have && 'needs the fixtures, the native binary and pkg/ (bash tests/run_all.sh)' }, async () => {
+test('the chat app streams the real engine\'s answer, equal to the native one', { skip }, async () => {
   const want = nativeGreedy(MODEL, PROMPT, MAX_TOKENS);
   const model = `${env.models.url}/${MODEL}/`;
   await page.goto(`${env.app.url}/www/app/?model=${encodeURIComponent(model)}&temperature=0&max_tokens=${MAX_TOKENS}`);

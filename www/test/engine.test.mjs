@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { setUp, requests } from './setup.mjs';
-import { nativeGreedy, copyFixture, FIXTURES, NATIVE } from './native.mjs';
+import { nativeGreedy, copyFixture, realEngineSkip as skip } from './native.mjs';
 
 const MODELS = ['q4_g64', 'moe_e8k2_q4'];
 const PROMPT = 'Hello';
@@ -18,7 +18,6 @@ const MAX_TOKENS = 8;
 
 let env;
 let page;
-const have = fs.existsSync(path.join(FIXTURES, 'manifest.json')) && fs.existsSync(NATIVE);
 
 /** Greedy token ids of the native engine for the same chat. */
 const nativeTokens = (name) => nativeGreedy(name, PROMPT, MAX_TOKENS).tokens;
@@ -40,7 +39,7 @@ async function browserTokens(name, options = {}) {
 }
 
 before(async () => {
-  if (!have) return;
+  if (skip) return;
   env = await setUp('engine', { realPackage: true });
   for (const name of MODELS) copyFixture(name, path.join(env.modelsDir, 'fixtures', name));
   page = await env.context.newPage();
@@ -52,7 +51,7 @@ after(async () => {
   await env?.tearDown();
 });
 
-test('greedy tokens equal the native engine, from the network, the cache, offline, and split into 1 MiB bindings', { skip: !have && 'no fixtures or native binary (bash tests/run_all.sh builds them)' }, async () => {
+test('greedy tokens equal the native engine, from the network, the cache, offline, and split into 1 MiB bindings', { skip }, async () => {
   for (const name of MODELS) {
     const want = nativeTokens(name);
     assert.equal(want.length, MAX_TOKENS);
@@ -87,7 +86,7 @@ test('greedy tokens equal the native engine, from the network, the cache, offlin
   }
 });
 
-test('a cut download resumes, and a corrupted cached file is fetched again, with the real engine', { skip: !have && 'no fixtures or native binary (bash tests/run_all.sh builds them)' }, async () => {
+test('a cut download resumes, and a corrupted cached file is fetched again, with the real engine', { skip }, async () => {
   // A copy under another path: a model the browser has not cached yet.
   const name = 'q4_g64';
   const dst = path.join(env.modelsDir, 'fixtures', 'resume');

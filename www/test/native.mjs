@@ -8,6 +8,23 @@ import { repoRoot } from './fixtures.mjs';
 
 export const FIXTURES = path.join(repoRoot, 'tests/fixtures/models');
 export const NATIVE = path.join(repoRoot, 'target/release/webqwen');
+export const PKG = path.join(repoRoot, 'pkg');
+
+/**
+ * Why the real-engine tests cannot run here, or false when they can. Under the test command
+ * (which sets WEBQWEN_REQUIRE_FIXTURES) a missing piece is an error, never a silent skip.
+ */
+export const realEngineSkip = (() => {
+  const missing = [
+    [path.join(FIXTURES, 'manifest.json'), 'the fixture models'],
+    [NATIVE, 'the native binary'],
+    [path.join(PKG, 'webqwen_wasm_bg.wasm'), 'pkg/ (./pkg-build.sh)'],
+  ].filter(([file]) => !fs.existsSync(file)).map(([, what]) => what);
+  if (!missing.length) return false;
+  const why = `needs ${missing.join(', ')}: bash tests/run_all.sh builds them`;
+  if (process.env.WEBQWEN_REQUIRE_FIXTURES) throw new Error(why);
+  return why;
+})();
 
 const memo = new Map();
 

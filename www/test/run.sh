@@ -17,12 +17,7 @@ if [[ ! -x "$CHROMIUM" ]]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 command -v npm >/dev/null || { as_root apt-get update -qq; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
-# npm ci when node_modules was not installed from this exact lock file.
-lock="$(sha256sum package-lock.json | cut -c1-16)"
-if [[ "$(cat node_modules/.lock-stamp 2>/dev/null)" != "$lock" ]]; then
-    npm ci --no-audit --no-fund --loglevel=error
-    echo "$lock" > node_modules/.lock-stamp
-fi
+bash ../tools/npm-ci.sh .
 
 export CHROMIUM
 # One file at a time: each starts its own browser and servers.

@@ -13,10 +13,24 @@ import { assembleMockPackage, repoRoot } from './fixtures.mjs';
 export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 export const OUT_DIR = process.env.OUT_DIR || path.join(os.tmpdir(), 'webqwen-www-test');
 
-export const FLAGS = [
+const FLAGS = [
   '--headless', '--no-sandbox', '--enable-unsafe-webgpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
 ];
+
+/**
+ * Headless Chromium with WebGPU on a fresh profile in `profileDir` (playwright-core passes
+ * --user-data-dir itself for a persistent context), so OPFS, caches and service workers start
+ * empty.
+ */
+export function launchBrowser(profileDir) {
+  return chromium.launchPersistentContext(profileDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: FLAGS,
+    viewport: { width: 1100, height: 800 },
+  });
+}
 
 /** `realPackage`: serve the real package (pkg/, made by ./pkg-build.sh) instead of the mock. */
 export async function setUp(name, { realPackage = false } = {}) {
@@ -31,14 +45,7 @@ export async function setUp(name, { realPackage = false } = {}) {
   const app = await startServer({ root: repoRoot, mounts: { '/pkg/': pkgDir } });
   const env = { tmp, pkgDir, modelsDir, app, models: null, context: null };
   env.models = await startServer({ root: modelsDir });
-  // playwright-core passes --user-data-dir itself for a persistent context: a fresh
-  // profile directory per test file, so OPFS, caches and service workers start empty.
-  env.context = await chromium.launchPersistentContext(path.join(tmp, 'profile'), {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-    viewport: { width: 1100, height: 800 },
-  });
+  env.context = await launchBrowser(path.join(tmp, 'profile'));
   env.logs = [];
   env.context.on('console', (msg) => env.logs.push(`[${msg.type()}] ${msg.text()}`));
   env.context.on('weberror', (err) => env.logs.push(`[pageerror] ${err.error()?.stack || err.error()}`));

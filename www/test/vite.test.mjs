@@ -10,17 +10,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
-import { CHROMIUM, FLAGS } from './setup.mjs';
-import { repoRoot } from './fixtures.mjs';
-import { nativeGreedy, copyFixture, FIXTURES, NATIVE } from './native.mjs';
+import { launchBrowser } from './setup.mjs';
+import { nativeGreedy, copyFixture, PKG, realEngineSkip as skip } from './native.mjs';
 
 const here = path.dirname(new URL(import.meta.url).pathname);
 const APP = path.join(here, 'vite-app');
-const PKG = path.join(repoRoot, 'pkg');
-const have = fs.existsSync(path.join(FIXTURES, 'manifest.json')) && fs.existsSync(NATIVE) && fs.existsSync(path.join(PKG, 'webqwen_wasm_bg.wasm'));
-const skip = !have && 'needs the fixtures, the native binary and pkg/ (bash tests/run_all.sh)';
 
 let tmp;
 let site;
@@ -28,7 +23,7 @@ let models;
 let context;
 
 before(async () => {
-  if (!have) return;
+  if (skip) return;
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'webqwen-vite-'));
   // npm pack, then unpack as npm install does (the tarball's `package/` is the package root).
   const tgz = execFileSync('npm', ['pack', '--silent', '--pack-destination', tmp], { cwd: PKG, encoding: 'utf8' }).trim().split('\n').at(-1);
@@ -44,7 +39,7 @@ before(async () => {
   const modelsDir = path.join(tmp, 'models');
   copyFixture('q4_g64', path.join(modelsDir, 'q4_g64'));
   models = await startServer({ root: modelsDir });
-  context = await chromium.launchPersistentContext(path.join(tmp, 'profile'), { executablePath: CHROMIUM, headless: true, args: FLAGS });
+  context = await launchBrowser(path.join(tmp, 'profile'));
 });
 
 after(async () => {
