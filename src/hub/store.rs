@@ -254,10 +254,16 @@ impl RepoCache {
             return Ok(());
         }
         let target = fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
-        let digest = target
-            .to_str()
-            .and_then(|t| t.strip_prefix(&link_target(name, &Digest::GitBlob(String::new()))))
-            .and_then(Digest::from_blob_name);
+        // `../../blobs/<hash>`, or `<this repo>/blobs/<hash>` (older huggingface_hub).
+        let blob_name = if target.is_absolute() {
+            (target.parent() == Some(&self.dir.join("blobs")))
+                .then(|| target.file_name().and_then(|n| n.to_str()))
+                .flatten()
+        } else {
+            let prefix = link_target(name, &Digest::GitBlob(String::new()));
+            target.to_str().and_then(|t| t.strip_prefix(&prefix))
+        };
+        let digest = blob_name.and_then(Digest::from_blob_name);
         let Some(digest) = digest else {
             bail!(
                 "{} links to {}, not to a blob of this repo in the cache; delete {} and run again \
@@ -472,12 +478,24 @@ mod tests {
         assert_eq!(fs::read(&linked).unwrap(), b"hello\n");
         cache.check_cached(COMMIT, "sub/f.json", false).unwrap();
 
+        // An absolute link into this repo's blobs is fine (older huggingface_hub made those).
+        let absolute = cache.snapshot(COMMIT).join("abs.json");
+        std::os::unix::fs::symlink(cache.blob(&digest), &absolute).unwrap();
+        cache.check_cached(COMMIT, "abs.json", false).unwrap();
+
         // A link out of the blobs is refused, whatever it points at.
         fs::write(root.join("secret"), b"x").unwrap();
-        let evil = cache.snapshot(COMMIT).join("evil.json");
-        std::os::unix::fs::symlink("../../../secret", &evil).unwrap();
-        let err = cache.check_cached(COMMIT, "evil.json", false).unwrap_err();
-        assert!(err.to_string().contains("not to a blob"), "{err}");
+        for (name, target) in [
+            ("evil.json", "../../../secret".into()),
+            ("evil2.json", "../../blobs/../../secret".into()),
+            ("evil3.json", root.join("secret").display().to_string()),
+            ("evil4.json", format!("../../../models--o--m/blobs/{SHA}")),
+        ] {
+            let evil = cache.snapshot(COMMIT).join(name);
+            std::os::unix::fs::symlink(target, &evil).unwrap();
+            let err = cache.check_cached(COMMIT, name, false).unwrap_err();
+            assert!(err.to_string().contains("not to a blob"), "{err}");
+        }
 
         // A damaged blob is found offline too.
         fs::write(cache.blob(&digest), b"jello\n").unwrap();
