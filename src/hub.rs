@@ -4,14 +4,25 @@
 //! Environment, as in `huggingface_hub`: `HF_ENDPOINT` (mirror or mock hub),
 //! `HF_TOKEN` (else the token file `$HF_HOME/token`), `HF_HUB_CACHE`, `HF_HOME`,
 //! `XDG_CACHE_HOME` (cache location), `HF_HUB_OFFLINE=1` (cache only, no network).
+//!
+//! Nothing the hub sends chooses a path: commit ids, hashes and file names are
+//! checked before they are joined into cache paths ([`listing`]), and every
+//! file is hashed while it downloads and stored only if it matches the listing
+//! ([`http`]). Files already in the cache are trusted only when they hash to
+//! their blob's name ([`store`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Component, Path, PathBuf};
+mod http;
+mod listing;
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
-use hf_hub::{Cache, Repo, RepoType};
 use serde::Deserialize;
+
+use listing::{is_plain_file_name, shown, RemoteFile};
+use store::RepoCache;
 
 const REQUIRED: [&str; 3] = ["config.json", "tokenizer.json", "tokenizer_config.json"];
 const OPTIONAL: [&str; 3] = ["generation_config.json", "chat_template.jinja", INDEX];
@@ -26,7 +37,8 @@ const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// `owner/name@revision` (branch, tag or commit). A repo is downloaded on first
 /// use into `<hub cache>/models--owner--name/snapshots/<commit>/` and reused
 /// from there afterwards, also when the hub cannot be reached.
-/// `progress` shows a progress bar per downloaded file (on stderr).
+/// `progress` shows a progress bar per downloaded file and notes (a damaged
+/// cached file, a retried download) on stderr.
 pub fn resolve_model(spec: &str, progress: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
@@ -57,12 +69,7 @@ pub fn resolve_model(spec: &str, progress: bool) -> Result<PathBuf> {
 fn parse_repo_spec(spec: &str) -> Option<(&str, &str)> {
     let (id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
     // The revision becomes a path under refs/ (branches like refs/pr/1 included).
-    let safe_revision = !revision.is_empty()
-        && !revision.contains('\\')
-        && Path::new(revision)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
-    if !safe_revision {
+    if !is_plain_file_name(revision) {
         return None;
     }
     let (owner, name) = id.split_once('/')?;
@@ -89,8 +96,7 @@ fn env(key: &str) -> Option<String> {
 
 impl Hub {
     fn from_env() -> Result<Self> {
-        // Same precedence as huggingface_hub. We compute it ourselves because
-        // hf-hub 0.4 only knows HF_HOME and panics when there is no home dir.
+        // Same precedence as huggingface_hub.
         let hf_home = match env("HF_HOME") {
             Some(dir) => PathBuf::from(dir),
             None => match env("XDG_CACHE_HOME") {
@@ -104,7 +110,6 @@ impl Hub {
         let cache = env("HF_HUB_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| hf_home.join("hub"));
-        // Absolute, so the relative symlinks hf-hub makes inside the cache are right.
         let cache = std::path::absolute(&cache).unwrap_or(cache);
         let token = env("HF_TOKEN")
             .or_else(|| env("HUGGING_FACE_HUB_TOKEN"))
@@ -125,251 +130,106 @@ impl Hub {
     }
 
     fn fetch(&self, repo_id: &str, revision: &str, progress: bool) -> Result<PathBuf> {
-        let repo = Repo::with_revision(repo_id.into(), RepoType::Model, revision.into());
-        let repo_dir = self.cache.join(repo.folder_name());
+        let cache = RepoCache::new(&self.cache, repo_id);
         let spec = if revision == "main" {
             repo_id.to_string()
         } else {
             format!("{repo_id}@{revision}")
         };
         if self.offline {
-            return cached_snapshot(&repo_dir, revision).with_context(|| {
+            return cached_snapshot(&cache, revision, progress).with_context(|| {
                 format!("HF_HUB_OFFLINE is set and {spec} is not fully in the cache")
             });
         }
-        let api = ApiBuilder::from_cache(Cache::new(self.cache.clone()))
-            .with_endpoint(self.endpoint.clone())
-            .with_token(self.token.clone())
-            .with_progress(progress)
-            .with_retries(3) // resumes an interrupted download where it stopped
-            .build()
-            .context("setting up the Hugging Face hub client")?;
-        let api_repo = api.repo(repo);
+        let client = http::Client::new(&self.endpoint, self.token.clone())?;
+        let endpoint = client.endpoint();
 
-        // One metadata call gives the commit and the file list, so optional
-        // files are only asked for when they exist and a cached commit needs
-        // no further requests at all.
-        let info = match self.repo_info(&api_repo, repo_id, &spec)? {
-            Ok(info) => info,
+        // One metadata call gives the commit, the file list and every file's
+        // size and hash, so optional files are only asked for when they exist
+        // and a cached commit needs no further requests at all.
+        let listing = match client.listing(repo_id, revision, &spec)? {
+            Ok(listing) => listing,
             Err(network_error) => {
                 // Hub unreachable: a complete cached copy is as good.
                 let err = format!(
-                    "cannot reach the Hugging Face hub at {} (HF_ENDPOINT): {network_error}; check \
-                     the network, point HF_ENDPOINT at a reachable hub or mirror, or set \
-                     HF_HUB_OFFLINE=1 to use only the local cache",
-                    self.endpoint
+                    "cannot reach the Hugging Face hub at {endpoint} (HF_ENDPOINT): {network_error}; \
+                     check the network, point HF_ENDPOINT at a reachable hub or mirror, or set \
+                     HF_HUB_OFFLINE=1 to use only the local cache"
                 );
-                return cached_snapshot(&repo_dir, revision).map_err(|cache_err| {
+                return cached_snapshot(&cache, revision, progress).map_err(|cache_err| {
                     anyhow!("{err}. {spec} is not usable from the cache either: {cache_err:#}")
                 });
             }
         };
-        let snapshot = repo_dir.join("snapshots").join(&info.sha);
-        let files: HashMap<&str, &Sibling> = info
-            .siblings
-            .iter()
-            .map(|s| (s.rfilename.as_str(), s))
-            .collect();
-        let missing: Vec<&str> = REQUIRED
-            .into_iter()
-            .filter(|f| !files.contains_key(f))
-            .collect();
+        let commit = listing.commit.as_str();
+        if listing::is_commit(revision) && revision != commit {
+            bail!("{endpoint} answered for commit {commit} when asked for {revision}; refusing it");
+        }
+        let missing: Vec<&str> = REQUIRED.into_iter().filter(|f| !listing.has(f)).collect();
         if !missing.is_empty() {
             bail!(
-                "{spec} has no {} at commit {}; webqwen needs a Qwen3 model in the MLX layout",
-                missing.join(", "),
-                info.sha
+                "{spec} has no {} at commit {commit}; webqwen needs a Qwen3 model in the MLX layout",
+                missing.join(", ")
             );
         }
-        let mut wanted: Vec<String> = REQUIRED
+        // The listing was checked as a whole before anything touches the disk.
+        let mut wanted: Vec<&RemoteFile> = REQUIRED
             .iter()
             .chain(OPTIONAL.iter())
-            .filter(|f| files.contains_key(*f))
-            .map(|f| f.to_string())
-            .collect();
-        if files.contains_key(INDEX) {
+            .filter(|f| listing.has(f))
+            .map(|f| listing.file(f))
+            .collect::<Result<_>>()?;
+        if listing.has(INDEX) {
             // Index first: it names the shards.
-            self.fetch_file(&api_repo, &repo_dir, &snapshot, files[INDEX])?;
-            wanted.extend(shards(&snapshot.join(INDEX))?);
-        } else if files.contains_key(SINGLE_FILE) {
-            wanted.push(SINGLE_FILE.into());
+            let index = listing.file(INDEX)?;
+            self.fetch_file(&client, &cache, repo_id, commit, index, progress)?;
+            for shard in shards(&cache.snapshot(commit).join(INDEX))? {
+                if !listing.has(&shard) {
+                    bail!("{spec}: {INDEX} lists {shard}, which the repo does not have");
+                }
+                wanted.push(listing.file(&shard)?);
+            }
+        } else if listing.has(SINGLE_FILE) {
+            wanted.push(listing.file(SINGLE_FILE)?);
         } else {
             bail!("{spec} has neither {SINGLE_FILE} nor {INDEX}; no safetensors weights to load");
         }
-        for name in &wanted {
-            let sibling = files.get(name.as_str()).with_context(|| {
-                format!("{spec}: {INDEX} lists {name}, which the repo does not have")
-            })?;
-            self.fetch_file(&api_repo, &repo_dir, &snapshot, sibling)?;
+        for file in wanted {
+            self.fetch_file(&client, &cache, repo_id, commit, file, progress)?;
         }
         // What huggingface_hub does: refs/<branch> names the commit, so offline
         // runs (ours and Python's) find this snapshot.
-        if revision != info.sha {
-            let refs = repo_dir.join("refs").join(revision);
-            std::fs::create_dir_all(refs.parent().unwrap_or(&repo_dir))
-                .and_then(|()| std::fs::write(&refs, &info.sha))
-                .with_context(|| format!("writing {}", refs.display()))?;
+        if revision != commit {
+            cache.write_ref(revision, commit)?;
         }
-        complete_snapshot(&snapshot)
+        Ok(cache.snapshot(commit))
     }
 
-    /// The inner `Err` is a network failure (no answer at all), where a cached
-    /// copy can stand in; an answer like 404 is the outer error.
-    fn repo_info(
-        &self,
-        api_repo: &ApiRepo,
-        repo_id: &str,
-        spec: &str,
-    ) -> Result<Result<RepoInfo, String>> {
-        let response = match api_repo.info_request().query("blobs", "true").call() {
-            Ok(response) => response,
-            Err(err) => {
-                let message = err.to_string();
-                let Some(response) = err.into_response() else {
-                    return Ok(Err(message));
-                };
-                let code = response
-                    .header("x-error-code")
-                    .unwrap_or_default()
-                    .to_string();
-                return Err(match (response.status(), code.as_str()) {
-                    (_, "RevisionNotFound") => anyhow!("{spec}: no such revision on {} ({message})", self.endpoint),
-                    // The hub answers 401 rather than 404 for unknown repos when no token is sent.
-                    (401 | 404, _) => anyhow!(
-                        "{spec} is not a local directory, and {} has no model repo {repo_id} ({message}); \
-                         check the name, or set HF_TOKEN if the repo is private",
-                        self.endpoint
-                    ),
-                    (403, _) => anyhow!("access to {spec} denied ({message}); for a gated repo accept its terms on the hub and set HF_TOKEN"),
-                    // Hub down or overloaded: as good as unreachable, the cache may help.
-                    (500.., _) => return Ok(Err(message)),
-                    (status, _) => anyhow!("the hub at {} answered {status} for {spec} ({message})", self.endpoint),
-                });
-            }
-        };
-        let info: RepoInfo = response
-            .into_json()
-            .with_context(|| format!("{} sent unexpected metadata for {spec}", self.endpoint))?;
-        Ok(Ok(info))
-    }
-
+    /// Makes `snapshots/<commit>/<file>` the checked bytes of `file`: from the
+    /// blob an earlier run or an older commit left in the cache if it still
+    /// matches, else downloaded.
     fn fetch_file(
         &self,
-        api_repo: &ApiRepo,
-        repo_dir: &Path,
-        snapshot: &Path,
-        file: &Sibling,
+        client: &http::Client,
+        cache: &RepoCache,
+        repo_id: &str,
+        commit: &str,
+        file: &RemoteFile,
+        progress: bool,
     ) -> Result<()> {
-        let name = file.rfilename.as_str();
-        let dest = snapshot.join(name);
-        if dest.is_file() {
+        let (name, digest, size) = (&file.name, &file.digest, Some(file.size));
+        if cache.linked(commit, name, digest) && cache.blob_ok(digest, size, name, progress)? {
             return Ok(()); // this commit already has it
         }
-        if dest.symlink_metadata().is_ok() {
-            // A link to a deleted blob: hf-hub would fail to replace it.
-            std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
+        let _lock = cache.lock(digest, name, progress)?;
+        if !cache.blob_ok(digest, size, name, progress)? {
+            let url = client.resolve_url(repo_id, commit, name);
+            let partial = cache.partial(digest)?;
+            client.download(&url, file, commit, &partial, progress)?;
+            cache.store(&partial, digest)?;
         }
-        if link_cached_blob(repo_dir, &dest, name, file) {
-            return Ok(()); // an older commit had the same bytes
-        }
-        let fetched =
-            guarded(|| api_repo.download(name)).map_err(|e| self.explain(e, api_repo, name))?;
-        if fetched != dest {
-            bail!("the repo changed on the hub while downloading ({name}); run again");
-        }
-        Ok(())
+        cache.link(commit, name, digest)
     }
-
-    fn explain(&self, err: ApiError, api_repo: &ApiRepo, name: &str) -> anyhow::Error {
-        let url = api_repo.url(name);
-        match err {
-            ApiError::RequestError(err) => {
-                let message = err.to_string();
-                match err.into_response().map(|r| r.status()) {
-                    None => anyhow!(
-                        "downloading {url} failed: {message}; check the network, or point HF_ENDPOINT \
-                         at a reachable hub or mirror (now {})",
-                        self.endpoint
-                    ),
-                    Some(401 | 403) => anyhow!("access to {url} denied ({message}); set HF_TOKEN (gated or private repo)"),
-                    Some(status) => anyhow!("downloading {url} failed with HTTP {status} ({message})"),
-                }
-            }
-            // E.g. mirrors that ignore Range requests for small files (hf-hub 0.4 needs the answer's Content-Range).
-            ApiError::MissingHeader(header) => anyhow!(
-                "{} does not answer like the Hugging Face hub: no {header} header for {url}; \
-                 check HF_ENDPOINT",
-                self.endpoint
-            ),
-            ApiError::LockAcquisition(lock) => anyhow!(
-                "another process is downloading into the cache ({}); wait for it, or delete that \
-                 lock file if no download is running",
-                lock.display()
-            ),
-            other => anyhow!(other).context(format!("downloading {url}")),
-        }
-    }
-}
-
-/// hf-hub has a few `unwrap`s on unexpected server answers; a bad mirror
-/// should give an error, not a crash.
-fn guarded<T>(f: impl FnOnce() -> Result<T, ApiError>) -> Result<T, ApiError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unexpected answer".into());
-        Err(ApiError::IoError(std::io::Error::other(format!(
-            "hub client failed: {what}"
-        ))))
-    })
-}
-
-#[derive(Deserialize)]
-struct RepoInfo {
-    sha: String,
-    siblings: Vec<Sibling>,
-}
-
-#[derive(Deserialize)]
-struct Sibling {
-    rfilename: String,
-    #[serde(rename = "blobId")]
-    blob_id: Option<String>,
-    lfs: Option<Lfs>,
-}
-
-#[derive(Deserialize)]
-struct Lfs {
-    sha256: String,
-}
-
-/// A new commit that leaves a file unchanged (e.g. a README edit) must not
-/// re-download gigabytes: blobs are named by their etag (sha256 for LFS files,
-/// git blob id otherwise), so an existing blob is linked into the new snapshot,
-/// the way huggingface_hub does it.
-#[cfg(unix)]
-fn link_cached_blob(repo_dir: &Path, dest: &Path, name: &str, file: &Sibling) -> bool {
-    let Some(etag) = file
-        .lfs
-        .as_ref()
-        .map(|l| &l.sha256)
-        .or(file.blob_id.as_ref())
-    else {
-        return false;
-    };
-    if !repo_dir.join("blobs").join(etag).is_file() {
-        return false;
-    }
-    let depth = Path::new(name).components().count(); // snapshots/<commit>/<name...>
-    let target = format!("{}blobs/{etag}", "../".repeat(depth + 1));
-    dest.parent()
-        .is_some_and(|dir| std::fs::create_dir_all(dir).is_ok())
-        && std::os::unix::fs::symlink(target, dest).is_ok()
-}
-
-#[cfg(not(unix))]
-fn link_cached_blob(_: &Path, _: &Path, _: &str, _: &Sibling) -> bool {
-    false // symlinks need privileges on Windows; just download again
 }
 
 /// The shard files named by an index's weight_map, each once.
@@ -384,56 +244,50 @@ fn shards(index: &Path) -> Result<BTreeSet<String>> {
         serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
     let shards: BTreeSet<String> = index_json.weight_map.into_values().collect();
     // The names become paths inside the cache: keep them inside it.
-    if let Some(bad) = shards.iter().find(|s| {
-        !Path::new(s)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
-    }) {
-        bail!("{} names an invalid shard file {bad:?}", index.display());
+    if let Some(bad) = shards.iter().find(|s| !is_plain_file_name(s)) {
+        bail!(
+            "{} names an invalid shard file {}",
+            index.display(),
+            shown(bad)
+        );
     }
     Ok(shards)
 }
 
-/// The snapshot `revision` points to in the cache, if it holds a whole model.
-fn cached_snapshot(repo_dir: &Path, revision: &str) -> Result<PathBuf> {
-    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
-    let commit = if is_commit {
-        revision.to_string()
-    } else {
-        let refs = repo_dir.join("refs").join(revision);
-        std::fs::read_to_string(&refs)
-            .map_err(|_| {
-                anyhow!(
-                    "nothing cached for revision {revision} (no {})",
-                    refs.display()
-                )
-            })?
-            .trim()
-            .to_string()
-    };
-    complete_snapshot(&repo_dir.join("snapshots").join(commit))
-}
-
-/// `dir` if it has the required files and every weight file, else an error naming what is missing.
-fn complete_snapshot(dir: &Path) -> Result<PathBuf> {
+/// The snapshot `revision` points to in the cache, if it holds a whole model
+/// whose files still match their blobs' hashes.
+fn cached_snapshot(cache: &RepoCache, revision: &str, progress: bool) -> Result<PathBuf> {
+    let commit = cache.commit_of(revision)?;
+    let dir = cache.snapshot(&commit);
+    let present = |name: &str| dir.join(name).is_file();
     let mut missing: Vec<String> = REQUIRED
         .iter()
-        .filter(|f| !dir.join(f).is_file())
+        .filter(|f| !present(f))
         .map(|f| f.to_string())
         .collect();
-    if dir.join(INDEX).is_file() {
-        missing.extend(
-            shards(&dir.join(INDEX))?
-                .into_iter()
-                .filter(|s| !dir.join(s).is_file()),
-        );
-    } else if !dir.join(SINGLE_FILE).is_file() {
+    let mut names: Vec<String> = REQUIRED
+        .iter()
+        .chain(OPTIONAL.iter())
+        .filter(|f| present(f))
+        .map(|f| f.to_string())
+        .collect();
+    if present(INDEX) {
+        cache.check_cached(&commit, INDEX, progress)?;
+        let shards = shards(&dir.join(INDEX))?;
+        missing.extend(shards.iter().filter(|s| !present(s)).cloned());
+        names.extend(shards);
+    } else if present(SINGLE_FILE) {
+        names.push(SINGLE_FILE.into());
+    } else {
         missing.push(format!("{SINGLE_FILE} (or {INDEX})"));
     }
     if !missing.is_empty() {
         bail!("{} lacks {}", dir.display(), missing.join(", "));
     }
-    Ok(dir.to_path_buf())
+    for name in &names {
+        cache.check_cached(&commit, name, progress)?;
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]
