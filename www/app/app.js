@@ -14,6 +14,7 @@ const PRESETS = [
   { id: 'Qwen/Qwen3-4B-MLX-4bit', name: 'Qwen3 4B', detail: '4-bit · ≈ 2.3 GB · best answers, recent devices' },
 ];
 const CUSTOM = 'custom';
+const HUB_ORIGIN = 'https://huggingface.co'; // where the presets and typed repo ids come from
 
 // Qwen3's recommended sampling for each mode (generation_config.json has the thinking one).
 const SAMPLING = {
@@ -22,7 +23,13 @@ const SAMPLING = {
 };
 
 const params = new URLSearchParams(location.search);
-const ENDPOINT = params.get('endpoint') || undefined; // another hub, e.g. a mirror (and the tests)
+// A model (`?model=`) and/or hub (`?endpoint=`, e.g. a mirror) named by the link that opened
+// the app. Anyone can make such a link, so it is loaded only once the user has seen the
+// model id and the origin its files (weights, tokenizer, chat template) come from, and
+// agreed; it never changes what presets or other models load from.
+const LINK_REQUEST = params.has('model') || params.has('endpoint')
+  ? { model: params.get('model') || null, endpoint: params.get('endpoint') || null }
+  : null;
 // Sampling fixed from the URL (`?temperature=0&max_tokens=64&seed=1`): reproducible answers
 // for comparing models and devices, and for the tests.
 const URL_SAMPLING = Object.fromEntries(['temperature', 'top_p', 'top_k', 'min_p', 'presence_penalty', 'max_tokens', 'seed']
@@ -36,6 +43,9 @@ const ui = {
   sidebar: $('sidebar'),
   scrim: $('scrim'),
   status: $('model-status').querySelector('.label'),
+  statusOrigin: $('model-status').querySelector('.origin'),
+  loadedFrom: $('loaded-from'),
+  confirm: $('confirm-load'),
   newChat: $('new-chat'),
   options: $('model-options'),
   custom: $('custom-model'),
@@ -85,8 +95,8 @@ async function init() {
   if (Array.isArray(saved?.messages)) state.messages = saved.messages;
   renderMessages();
 
-  const requested = params.get('model');
-  setSelectedModel(requested || localStorage.getItem('webqwen.model') || PRESETS[0].id);
+  const last = lastModel();
+  setSelectedModel(last?.endpoint ? PRESETS[0].id : last?.model || PRESETS[0].id);
 
   if (!navigator.gpu) {
     setEngineState('error', 'WebGPU unavailable');
@@ -107,12 +117,74 @@ async function init() {
   }
   await refreshCached();
 
-  // Load on open: a model named in the URL, or the last one used once it is fully downloaded
-  // (that makes the installed app usable offline straight away).
-  const last = localStorage.getItem('webqwen.model');
-  const autoload = requested || (last && state.cached.some((m) => m.model === last && m.complete) ? last : null);
-  if (autoload && navigator.gpu) loadModel(autoload);
+  // A model named by the link is loaded only when the user agrees. Otherwise load on open
+  // the last one used once it is fully downloaded from where it was loaded from (that makes
+  // the installed app usable offline straight away).
+  if (LINK_REQUEST && navigator.gpu) {
+    const request = await confirmLinkRequest(LINK_REQUEST, last);
+    forgetLinkRequest();
+    if (request) {
+      loadModel(request.model, request.endpoint);
+      return;
+    }
+  }
+  const cached = last && state.cached.find((m) => sameSource(m, last) && m.complete);
+  if (cached && navigator.gpu) loadModel(cached.model, cached.endpoint);
   else if (!state.engine && matchMedia('(max-width: 899px)').matches && !state.messages.length) openDrawer();
+}
+
+/** The model loaded last: {model, endpoint (null: a URL model or huggingface.co)}. */
+function lastModel() {
+  const model = localStorage.getItem('webqwen.model');
+  return model ? { model, endpoint: localStorage.getItem('webqwen.endpoint') || null } : null;
+}
+
+/** Whether a cached entry holds `want` ({model, endpoint}) from the same source. */
+function sameSource(entry, want) {
+  if (!entry.model || entry.model !== want.model) return false;
+  try {
+    return entry.endpoint === state.webqwen.resolveModel(want.model, { endpoint: want.endpoint ?? undefined }).endpoint;
+  } catch {
+    return false;
+  }
+}
+
+function isOfficial(entry) {
+  return entry.endpoint != null && entry.origin === HUB_ORIGIN;
+}
+
+/**
+ * Shows what the link asks to load (model id, and the origin its files come from) and waits
+ * for the user: resolves to {model, endpoint} when they choose to load it, else null.
+ * Without `?model=`, `?endpoint=` asks about the last used model (or the first preset).
+ */
+async function confirmLinkRequest(request, last) {
+  const model = request.model || (last && !last.endpoint ? last.model : PRESETS[0].id);
+  let where;
+  try {
+    where = state.webqwen.resolveModel(model, { endpoint: request.endpoint ?? undefined });
+  } catch (e) {
+    showNotice('The link names a model that cannot be loaded', e?.message || String(e));
+    return null;
+  }
+  const d = ui.confirm;
+  d.querySelector('.confirm-model').textContent = where.model;
+  d.querySelector('.confirm-origin').textContent = where.origin;
+  d.querySelector('.confirm-warning').hidden = where.official;
+  d.classList.toggle('foreign', !where.official);
+  d.returnValue = '';
+  const answer = new Promise((resolve) => d.addEventListener('close', () => resolve(d.returnValue), { once: true }));
+  d.showModal();
+  d.querySelector('.confirm-cancel').focus();
+  return (await answer) === 'load' ? { model: where.model, endpoint: where.endpoint } : null;
+}
+
+/** Drops ?model= and ?endpoint= from the address, so a reload does not ask again. */
+function forgetLinkRequest() {
+  const url = new URL(location.href);
+  url.searchParams.delete('model');
+  url.searchParams.delete('endpoint');
+  history.replaceState(history.state, '', url);
 }
 
 function registerServiceWorker() {
@@ -161,6 +233,9 @@ function bindEvents() {
   });
   ui.custom.addEventListener('input', updateLoadButton);
   ui.custom.addEventListener('keydown', (e) => { if (e.key === 'Enter') ui.loadBtn.click(); });
+  // The confirmation's buttons close it with their value; Escape closes it with ''.
+  ui.confirm.querySelector('.confirm-load').addEventListener('click', () => ui.confirm.close('load'));
+  ui.confirm.querySelector('.confirm-cancel').addEventListener('click', () => ui.confirm.close('cancel'));
   ui.loadBtn.addEventListener('click', () => {
     if (state.loadAbort) {
       state.loadAbort.abort();
@@ -208,7 +283,7 @@ function markCachedPresets() {
   for (const label of ui.options.querySelectorAll('.model-option')) {
     label.querySelector('.badge')?.remove();
     const id = label.querySelector('input').value;
-    const entry = state.cached.find((m) => m.model === id);
+    const entry = state.cached.find((m) => m.model === id && isOfficial(m));
     if (entry) label.append(el('span', { class: `badge${entry.complete ? '' : ' partial'}` }, entry.complete ? 'Downloaded' : 'Partial'));
   }
 }
@@ -234,13 +309,24 @@ function setSelectedModel(model) {
 function updateLoadButton() {
   if (state.loadAbort) return;
   const model = selectedModel();
-  const cached = state.cached.find((m) => m.model === model);
+  // The load button loads from huggingface.co (or the URL typed): compare with that.
+  const cached = model && state.cached.find((m) => sameSource(m, { model, endpoint: null }));
+  const loaded = Boolean(state.engine) && state.engineModel === model && state.engine.endpoint === officialEndpoint(model);
   ui.loadBtn.disabled = !model || !navigator.gpu || !state.webqwen;
-  ui.loadBtn.textContent = state.engine && state.engineModel === model ? 'Loaded' : cached?.complete ? 'Load' : 'Download & load';
-  if (state.engine && state.engineModel === model) ui.loadBtn.disabled = true;
+  ui.loadBtn.textContent = loaded ? 'Loaded' : cached?.complete ? 'Load' : 'Download & load';
+  if (loaded) ui.loadBtn.disabled = true;
 }
 
-async function loadModel(model) {
+function officialEndpoint(model) {
+  try {
+    return state.webqwen.resolveModel(model).endpoint;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Loads `model` from `endpoint` (a hub; null: huggingface.co, or the URL's own server). */
+async function loadModel(model, endpoint = null) {
   if (!state.webqwen) return;
   state.genAbort?.abort();
   setSelectedModel(model);
@@ -248,12 +334,18 @@ async function loadModel(model) {
     const old = state.engine;
     state.engine = null;
     state.engineModel = null;
+    showLoadedFrom(null);
     await old.unload().catch(() => {});
   }
   hideNotice();
   const abort = new AbortController();
   state.loadAbort = abort;
   setEngineState('loading', `Loading ${shortName(model)}…`);
+  try {
+    showOrigin(state.webqwen.resolveModel(model, { endpoint: endpoint ?? undefined }).origin);
+  } catch {
+    showOrigin(null); // not a model id or URL: createEngine says so below
+  }
   ui.loadBtn.textContent = 'Cancel';
   ui.loadBtn.disabled = false;
   ui.progress.hidden = false;
@@ -262,7 +354,7 @@ async function loadModel(model) {
   try {
     const engine = await state.webqwen.createEngine({
       model,
-      endpoint: ENDPOINT,
+      endpoint: endpoint ?? undefined,
       signal: abort.signal,
       onProgress: showProgress,
     });
@@ -271,12 +363,16 @@ async function loadModel(model) {
     state.engineModel = engine.model;
     setSelectedModel(engine.model);
     localStorage.setItem('webqwen.model', engine.model);
+    if (engine.endpoint && engine.origin !== HUB_ORIGIN) localStorage.setItem('webqwen.endpoint', engine.endpoint);
+    else localStorage.removeItem('webqwen.endpoint');
     setEngineState('ready', shortName(engine.model));
+    showLoadedFrom(engine, await engine.info().catch(() => null));
     ui.progress.hidden = true;
     if (matchMedia('(max-width: 899px)').matches) closeDrawer();
     ui.input.focus({ preventScroll: true });
   } catch (e) {
     ui.progress.hidden = true;
+    showLoadedFrom(null);
     if (e?.name === 'AbortError') {
       setEngineState('none', 'No model loaded');
     } else {
@@ -299,6 +395,7 @@ function showProgress(p) {
   ui.progressFill.style.width = `${phase === 'compile' || phase === 'ready' ? 100 : pct}%`;
   let text;
   if (phase === 'compile') text = 'Preparing the GPU…';
+  else if (phase === 'verify') text = `Checking ${file} against the published checksum…`;
   else if (phase === 'ready') text = 'Ready';
   else if (total === 0) text = file ? `Fetching ${file}…` : 'Starting…';
   else {
@@ -324,19 +421,22 @@ async function refreshCached() {
   for (const m of state.cached) {
     const name = m.model ?? m.key;
     const size = m.complete || !m.totalBytes ? formatBytes(m.bytes) : `${formatBytes(m.bytes)} of ${formatBytes(m.totalBytes)}`;
+    const inUse = Boolean(state.engine && state.engineModel === m.model && state.engine.endpoint === m.endpoint);
+    const from = m.origin ? `from ${hostOf(m.origin)}` : 'unknown source';
     const info = el('div', { class: 'info' }, [
       el('strong', { title: name }, shortName(name)),
-      el('small', {}, `${size}${m.complete ? '' : ' · partial'}${state.engineModel === m.model ? ' · in use' : ''}`),
+      el('small', { class: `from${m.origin && m.origin !== HUB_ORIGIN ? ' foreign' : ''}`, title: m.origin ?? '' }, from),
+      el('small', {}, `${size}${m.complete ? '' : ' · partial'}${inUse ? ' · in use' : ''}`),
     ]);
     const buttons = [];
-    if (m.model && state.engineModel !== m.model) {
-      buttons.push(el('button', { class: 'small-btn', type: 'button', 'aria-label': `Load ${name}` }, m.complete ? 'Load' : 'Resume'));
-      buttons.at(-1).addEventListener('click', () => loadModel(m.model));
+    if (m.model && !inUse) {
+      buttons.push(el('button', { class: 'small-btn', type: 'button', 'aria-label': `Load ${name} from ${m.origin}` }, m.complete ? 'Load' : 'Resume'));
+      buttons.at(-1).addEventListener('click', () => loadModel(m.model, m.endpoint));
     }
     const del = el('button', { class: 'small-btn danger', type: 'button', 'aria-label': `Delete ${name}` }, 'Delete');
     del.addEventListener('click', () => deleteModel(m));
     buttons.push(del);
-    ui.cachedList.append(el('li', { 'data-model': name }, [info, ...buttons]));
+    ui.cachedList.append(el('li', { 'data-model': name, 'data-origin': m.origin ?? '' }, [info, ...buttons]));
   }
   markCachedPresets();
   updateLoadButton();
@@ -345,9 +445,9 @@ async function refreshCached() {
 
 async function deleteModel(m) {
   const name = m.model ?? m.key;
-  if (!confirm(`Delete ${shortName(name)} (${formatBytes(m.bytes)}) from this device?`)) return;
+  if (!confirm(`Delete ${shortName(name)}${m.origin ? ` from ${hostOf(m.origin)}` : ''} (${formatBytes(m.bytes)}) from this device?`)) return;
   try {
-    await state.webqwen.deleteCachedModel(m.model);
+    await state.webqwen.deleteCachedModel(m);
   } catch (e) {
     showNotice('Could not delete the model', e?.message || String(e));
   }
@@ -525,6 +625,42 @@ function setEngineState(stateName, label) {
   ui.status.textContent = label;
 }
 
+/**
+ * Where the loaded model came from, always on screen: the host beside the model's name in
+ * the top bar, and the full origin (and any file the server published no checksum for) under
+ * the load button. `engine` null clears it.
+ */
+function showLoadedFrom(engine, info) {
+  const foreign = Boolean(engine && engine.origin !== HUB_ORIGIN);
+  showOrigin(engine?.origin ?? null);
+  ui.loadedFrom.hidden = !engine;
+  if (!engine) return ui.loadedFrom.replaceChildren();
+  const lines = [el('span', {}, ['Loaded from ', el('strong', {}, engine.origin), foreign ? ' (not huggingface.co)' : ''])];
+  const sizeOnly = info?.sizeOnly ?? [];
+  if (sizeOnly.length) {
+    lines.push(el('span', { class: 'size-only' },
+      `No checksum was published for ${sizeOnly.join(', ')}: checked by size only.`));
+  }
+  ui.loadedFrom.replaceChildren(...lines);
+  ui.loadedFrom.classList.toggle('foreign', foreign);
+}
+
+/** The origin of the model being loaded or in use, in the top bar (null: none). */
+function showOrigin(origin) {
+  ui.statusOrigin.textContent = origin ? hostOf(origin) : '';
+  ui.statusOrigin.title = origin ? `Model files from ${origin}` : '';
+  ui.statusOrigin.hidden = !origin;
+  ui.statusOrigin.classList.toggle('foreign', Boolean(origin && origin !== HUB_ORIGIN));
+}
+
+function hostOf(origin) {
+  try {
+    return new URL(origin).host;
+  } catch {
+    return String(origin);
+  }
+}
+
 function showNotice(title, text) {
   ui.notice.replaceChildren(el('strong', {}, title), document.createTextNode(text));
   ui.notice.hidden = false;
@@ -559,9 +695,10 @@ function errorTitle(e) {
 
 function shortName(model) {
   if (!model) return '';
+  // The host is not part of the name: the origin is always shown beside it.
   if (/^https?:\/\//.test(model)) {
     const u = new URL(model);
-    return `${u.pathname.split('/').filter(Boolean).at(-1) || u.host} (${u.host})`;
+    return u.pathname.split('/').filter(Boolean).at(-1) || u.host;
   }
   return model.includes('/') ? model.split('/')[1] : model;
 }

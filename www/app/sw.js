@@ -5,7 +5,8 @@
 // Strategy: network first (so a deployed update shows up on the next visit), the cache
 // when the network fails or takes too long.
 
-const VERSION = 'webqwen-app-v1';
+// v2: v1 stored any navigation in its scope as the shell; activating v2 deletes that cache.
+const VERSION = 'webqwen-app-v2';
 const NETWORK_TIMEOUT_MS = 4000;
 
 // app.js registers this worker as sw.js?pkg=<package directory URL>, with a scope wide
@@ -22,6 +23,12 @@ const PACKAGE = ['index.js', 'worker.js', 'cache.js', 'errors.js', 'webqwen_wasm
   .map((p) => new URL(p, PKG_DIR).href);
 
 const KNOWN = new Set([...SHELL, ...PACKAGE]);
+
+// The app's page: the only navigations answered with (and stored as) the shell. Anything
+// else in the scope (the package's folder, other pages of the site, the app's own CSS
+// opened as a page) passes through: storing it as index.html would replace the app.
+const INDEX = new URL('index.html', APP_DIR).href;
+const PAGES = new Set([APP_DIR, INDEX]);
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
@@ -52,8 +59,8 @@ self.addEventListener('fetch', (event) => {
   const url = new URL(req.url);
   url.search = '';
   url.hash = '';
-  if (req.mode === 'navigate' && url.href.startsWith(APP_DIR)) {
-    event.respondWith(networkFirst(req, new URL('index.html', APP_DIR).href));
+  if (req.mode === 'navigate') {
+    if (PAGES.has(url.href)) event.respondWith(networkFirst(req, INDEX));
   } else if (KNOWN.has(url.href)) {
     event.respondWith(networkFirst(req, url.href));
   }
@@ -62,7 +69,10 @@ self.addEventListener('fetch', (event) => {
 async function networkFirst(req, key) {
   const cache = await caches.open(VERSION);
   const network = fetch(req, { cache: 'no-cache' }).then(async (res) => {
-    if (res.ok && res.type === 'basic') await cache.put(key, res.clone());
+    // Stored only when it is that very file: same origin, not redirected elsewhere, and
+    // (for the page) an HTML document.
+    const html = key !== INDEX || (res.headers.get('content-type') || '').startsWith('text/html');
+    if (res.ok && res.type === 'basic' && !res.redirected && html) await cache.put(key, res.clone());
     return res;
   });
   network.catch(() => {}); // a late failure after the timeout is not an error

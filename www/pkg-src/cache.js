@@ -1,8 +1,9 @@
 // Persistent cache of model files, shared by the engine worker (reads and writes) and the
 // main thread (listing and deleting).
 //
-// Layout, one directory (or Cache API key prefix) per model, keyed by a filesystem-safe
-// encoding of the model id:
+// Layout, one directory (or Cache API key prefix) per model and source, keyed by a
+// filesystem-safe encoding of the model id and, for hub repos from another endpoint than
+// huggingface.co, that endpoint (see normalizeModel):
 //
 //   OPFS   webqwen-models/<key>/manifest.json
 //          webqwen-models/<key>/files/<file>            one OPFS file, written through a
@@ -16,9 +17,14 @@
 // rewriting a growing file on every resume would copy it again and again. Fixed-size
 // pieces keep memory bounded (one piece at most) and make an interrupted download resumable.
 //
-// The manifest records what the server said each file should be (size, sha256 when known)
-// and whether it was verified complete. The bytes on disk are the truth for how much of a
-// file is present; the manifest is the truth for whether those bytes were ever verified.
+// The manifest records where the files came from (`source`: the URL they are fetched
+// under; `endpoint` for hub repos), what the server said each file should be (size, sha256
+// when known), whether it was verified complete and against what (`verified`: 'sha256' or
+// 'git-sha1' when the bytes matched a checksum the server published, 'size-only' when it
+// published none). The bytes on disk are the truth for how much of a file is present; the
+// manifest is the truth for whether those bytes were ever verified, and from where. Files
+// whose manifest does not vouch for them (missing, torn, or naming another source) are
+// deleted before anything is downloaded into the directory.
 
 const OPFS_DIR = 'webqwen-models';
 const CACHE_NAME = 'webqwen-models-v1';
@@ -27,7 +33,9 @@ const SEGMENT_BYTES = 16 << 20;
 const SIZE_HEADER = 'x-webqwen-size';
 
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';
-export const MANIFEST_VERSION = 1;
+// 2: the manifest records where its files came from (`source`, `endpoint`) and how each was
+// verified; see ModelLoad.readManifest in worker.js for what happens to version 1.
+export const MANIFEST_VERSION = 2;
 
 // ---------------------------------------------------------------------------------------
 // Model ids
@@ -39,10 +47,36 @@ export function isUrlModel(model) {
 }
 
 /**
- * Resolves what the user passed as `model` into where its files live and the id its cache
- * is keyed by. Hub repos are keyed by the repo id alone, so a mirror endpoint shares the
- * cache; URLs are keyed by their absolute form (relative ones resolve against `base`,
- * which must be the page's URL: a worker's own URL would resolve them differently).
+ * The canonical form of a hub endpoint: an absolute http(s) URL without query, fragment or
+ * trailing slash (so "https://HuggingFace.co/" is the default endpoint).
+ */
+export function normalizeEndpoint(endpoint) {
+  if (endpoint == null || endpoint === '') return DEFAULT_ENDPOINT;
+  let url;
+  try {
+    url = new URL(String(endpoint).trim());
+  } catch {
+    throw new TypeError(`\`endpoint\` "${endpoint}" is not an absolute URL (like "https://huggingface.co").`);
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    throw new TypeError(`\`endpoint\` must be an http(s) URL, not "${url.protocol}".`);
+  }
+  url.search = '';
+  url.hash = '';
+  return url.href.replace(/\/+$/, '');
+}
+
+/**
+ * Resolves what the user passed as `model` into where its files live and the key its cache
+ * is stored under. The key names the source as well as the model, so files from one
+ * server can never be taken for another's:
+ *  - hub repos from the default endpoint are keyed by the repo id alone (the layout of
+ *    earlier versions, so their caches stay where they are);
+ *  - hub repos from any other endpoint by `<repo>@<endpoint>` ("@" never occurs in a repo
+ *    id, and URL keys start with "http~3a", so no two kinds of key can meet);
+ *  - URLs by their absolute form (relative ones resolve against `base`, which must be the
+ *    page's URL: a worker's own URL would resolve them differently).
+ * `origin` is the origin the files are requested from, for showing to the user.
  */
 export function normalizeModel(model, { endpoint = DEFAULT_ENDPOINT, base } = {}) {
   if (typeof model !== 'string' || !model.trim()) {
@@ -56,21 +90,27 @@ export function normalizeModel(model, { endpoint = DEFAULT_ENDPOINT, base } = {}
     } catch {
       throw new TypeError(`"${model}" is not a valid URL.`);
     }
+    if (url.protocol !== 'https:' && url.protocol !== 'http:') throw new TypeError(`"${model}" is not an http(s) URL.`);
     url.hash = '';
     url.search = '';
     const baseUrl = url.href.endsWith('/') ? url.href : url.href + '/';
-    return { id: baseUrl.replace(/\/+$/, ''), kind: 'url', baseUrl, apiUrl: null, key: safeName(baseUrl.replace(/\/+$/, '')) };
+    const id = baseUrl.replace(/\/+$/, '');
+    return { id, kind: 'url', baseUrl, apiUrl: null, endpoint: null, origin: url.origin, official: false, key: safeName(id) };
   }
   if (!HUB_REPO.test(model)) {
     throw new TypeError(`"${model}" is neither a Hugging Face repo id ("owner/name") nor a URL (http(s)://, /, ./).`);
   }
-  const ep = String(endpoint || DEFAULT_ENDPOINT).replace(/\/+$/, '');
+  const ep = normalizeEndpoint(endpoint);
+  const official = ep === DEFAULT_ENDPOINT;
   return {
     id: model,
     kind: 'hub',
     baseUrl: `${ep}/${model}/resolve/main/`,
     apiUrl: `${ep}/api/models/${model}/tree/main`,
-    key: safeName(model),
+    endpoint: ep,
+    origin: new URL(ep).origin,
+    official,
+    key: safeName(official ? model : `${model}@${ep}`),
   };
 }
 
@@ -145,6 +185,7 @@ class NoneStore {
   kind = 'none';
   async readManifest() { return null; }
   async writeManifest() {}
+  async clear() {}
   async openFile() { return new NullFile(); }
   async close() {}
 }
@@ -206,6 +247,17 @@ class OpfsStore {
       const w = await fh.createWritable();
       await w.write(bytes);
       await w.close();
+    }
+  }
+
+  /** Deletes the manifest and every file (no file may be open). */
+  async clear() {
+    for (const name of ['manifest.json', 'files', 'segments']) {
+      try {
+        await this.dir.removeEntry(name, { recursive: true });
+      } catch (e) {
+        if (e?.name !== 'NotFoundError') throw e;
+      }
     }
   }
 
@@ -443,6 +495,12 @@ class CacheStore {
     }));
   }
 
+  async clear() {
+    for (const req of await this.cache.keys()) {
+      if (req.url.startsWith(this.prefix)) await this.cache.delete(req);
+    }
+  }
+
   async openFile(name) {
     return SegmentFile.open(new CachePieces(this.cache, `${this.prefix}files/${safeName(name)}/`));
   }
@@ -496,9 +554,32 @@ async function directoryBytes(dir) {
   return total;
 }
 
+/**
+ * Whose files an entry holds, as far as its manifest shows: the model id, the hub endpoint
+ * (null for URL models) and the origin the files came from. A manifest that does not match
+ * the key it is stored under (torn, foreign or tampered with) identifies nothing: the entry
+ * is listed with `model: null`, to be deleted.
+ */
+function identify(manifest, key) {
+  const none = { model: null, endpoint: null, origin: null };
+  if (!manifest || typeof manifest.model !== 'string') return none;
+  let source;
+  try {
+    // Version 1 predates keys that name the source: there a repo id's key is that of
+    // huggingface.co now (its files are checked against the hub before they are used again).
+    const endpoint = manifest.version === 1 ? DEFAULT_ENDPOINT : manifest.endpoint ?? undefined;
+    source = normalizeModel(manifest.model, { endpoint });
+  } catch {
+    return none;
+  }
+  if (source.key !== key) return none;
+  if ((manifest.version !== 1 || source.kind === 'url') && manifest.source !== source.baseUrl) return none;
+  return { model: source.id, endpoint: source.endpoint, origin: source.origin };
+}
+
 function summary(manifest, storage, key, bytes) {
   return {
-    model: manifest?.model ?? null,
+    ...identify(manifest, key),
     key,
     storage,
     bytes,
@@ -510,7 +591,9 @@ function summary(manifest, storage, key, bytes) {
 
 /**
  * Models with anything cached, complete or not. `bytes` is what they occupy now;
- * `totalBytes` what the whole model takes once complete (when known).
+ * `totalBytes` what the whole model takes once complete (when known); `endpoint` and
+ * `origin` say where the files came from (the same repo id from two endpoints is two
+ * entries).
  */
 export async function listCachedModels() {
   const out = [];
@@ -546,12 +629,22 @@ export async function listCachedModels() {
 }
 
 /**
- * Deletes everything cached for `model` (repo id or URL, as given to createEngine or as
- * listed by listCachedModels). Returns whether anything was deleted. Refuses while the
- * model is being loaded in some tab, since that load holds its files open.
+ * Deletes everything cached for `model`: a repo id (from `endpoint`, default the hub) or
+ * URL as given to createEngine, or an entry as listed by listCachedModels (which also
+ * deletes entries whose manifest is unreadable). Returns whether anything was deleted.
+ * Refuses while the model is being loaded in some tab, since that load holds its files open.
  */
-export async function deleteCachedModel(model, { base } = {}) {
-  const { key } = normalizeModel(model, { base });
+export async function deleteCachedModel(model, { endpoint, base } = {}) {
+  let key;
+  if (model && typeof model === 'object') {
+    key = model.key;
+    if (typeof key !== 'string' || !/^[A-Za-z0-9_~-][A-Za-z0-9._~-]*$/.test(key)) {
+      throw new TypeError('deleteCachedModel() takes a model id, or an entry from listCachedModels().');
+    }
+    model = model.model ?? key;
+  } else {
+    ({ key } = normalizeModel(model, { endpoint, base }));
+  }
   const run = async () => {
     let deleted = false;
     const top = await opfsTop();

@@ -1,12 +1,21 @@
 // Types of the webqwen package (Qwen3 on WebGPU, in a Web Worker).
 
+/**
+ * How a file was verified when it was downloaded: its bytes matched a sha256 or a git blob
+ * id (hub listings, for files not in LFS) that its source published, or the source
+ * published no checksum and only its size was checked ('size-only'). Cached files are
+ * checked against the sha256 recorded at download either way.
+ */
+export type FileVerification = 'sha256' | 'git-sha1' | 'size-only';
+
 export interface LoadProgress {
   /**
    * 'download': bytes coming from the network; 'cache': bytes read back from storage;
-   * 'compile': all weights are on the GPU, the engine is building its pipelines;
+   * 'verify': hashing weights cached by an earlier version of webqwen before they are used
+   * (once); 'compile': all weights are on the GPU, the engine is building its pipelines;
    * 'ready': done.
    */
-  phase: 'download' | 'cache' | 'compile' | 'ready';
+  phase: 'download' | 'cache' | 'verify' | 'compile' | 'ready';
   /** The file being read or downloaded (null for 'compile' / 'ready'). */
   file: string | null;
   /** Weight bytes delivered to the GPU so far (from cache and network together). */
@@ -15,6 +24,8 @@ export interface LoadProgress {
   total: number;
   /** Recent throughput of the current phase, bytes per second. */
   bytesPerSecond: number;
+  /** Files so far accepted without a checksum published by their source (size only). */
+  sizeOnly: string[];
 }
 
 export interface CreateEngineOptions {
@@ -24,7 +35,10 @@ export interface CreateEngineOptions {
    * against the page).
    */
   model: string;
-  /** Hub endpoint for repo ids. Default "https://huggingface.co". */
+  /**
+   * Hub endpoint for repo ids. Default "https://huggingface.co". Each endpoint has its own
+   * cache entry: a repo from a mirror never reads or replaces the one from huggingface.co.
+   */
   endpoint?: string;
   onProgress?: (progress: LoadProgress) => void;
   /** Aborts the download/load; createEngine then rejects with AbortError. */
@@ -134,6 +148,16 @@ export interface ChatCompletionStream extends AsyncIterableIterator<ChatCompleti
 export interface EngineInfo {
   /** The model id (repo id or absolute directory URL). */
   model: string;
+  /** The URL the model's files were fetched under (".../resolve/main/" for hub repos). */
+  source: string;
+  /** The hub endpoint (null for a URL model). */
+  endpoint: string | null;
+  /** The origin the files came from, e.g. "https://huggingface.co". */
+  origin: string;
+  /** Each file of the model: its size and how it was verified when downloaded. */
+  files: Record<string, { size: number | null; verified: FileVerification | null }>;
+  /** The files accepted without a published checksum (size only); empty when all were verified. */
+  sizeOnly: string[];
   /** Where the weights are cached. */
   storage: 'opfs' | 'cache' | 'none';
   /** What the wasm module reports about the adapter. */
@@ -146,6 +170,10 @@ export interface EngineInfo {
 
 export interface Engine {
   readonly model: string;
+  /** The hub endpoint the files came from (null for a URL model). */
+  readonly endpoint: string | null;
+  /** The origin the files came from, e.g. "https://huggingface.co". */
+  readonly origin: string;
   readonly chat: {
     readonly completions: {
       create(request: ChatCompletionRequest & { stream: true }): Promise<ChatCompletionStream>;
@@ -160,9 +188,35 @@ export interface Engine {
 
 export function createEngine(options: CreateEngineOptions): Promise<Engine>;
 
+export interface ModelSource {
+  /** The normalised model id (a URL loses its trailing slash). */
+  model: string;
+  kind: 'hub' | 'url';
+  /** The hub endpoint (null for a URL model). */
+  endpoint: string | null;
+  /** The origin the files would come from. */
+  origin: string;
+  /** A repo from https://huggingface.co. */
+  official: boolean;
+}
+
+/**
+ * Where `model` would be loaded from, without loading anything. Throws TypeError for an
+ * invalid id, URL or endpoint. An app that takes a model or endpoint from a link should show
+ * this to the user and load only once they agree.
+ */
+export function resolveModel(model: string, options?: { endpoint?: string }): ModelSource;
+
 export interface CachedModel {
-  /** The model id as given to createEngine (null if its manifest is unreadable). */
+  /**
+   * The model id as given to createEngine (null if its manifest is unreadable or does not
+   * match the entry: such entries can only be deleted).
+   */
   model: string | null;
+  /** The hub endpoint its files came from (null for URL models and unreadable entries). */
+  endpoint: string | null;
+  /** The origin its files came from (null when unknown). */
+  origin: string | null;
   /** The storage directory / key prefix name. */
   key: string;
   storage: 'opfs' | 'cache';
@@ -176,9 +230,14 @@ export interface CachedModel {
   updated: string | null;
 }
 
+/** The same repo id from two endpoints is two entries. */
 export function listCachedModels(): Promise<CachedModel[]>;
-/** Resolves to whether anything was deleted. Rejects while the model is being loaded. */
-export function deleteCachedModel(model: string): Promise<boolean>;
+/**
+ * Deletes a repo id (from `options.endpoint`, default huggingface.co) or URL, or an entry of
+ * listCachedModels(). Resolves to whether anything was deleted. Rejects while the model is
+ * being loaded.
+ */
+export function deleteCachedModel(model: string | CachedModel, options?: { endpoint?: string }): Promise<boolean>;
 
 export class WebQwenError extends Error {
   name: string;

@@ -69,15 +69,33 @@ export async function createEngine(options = {}) {
   }
 }
 
-/** Models with anything in the cache: `{model, storage, bytes, totalBytes, complete, updated}`. */
+/**
+ * Where `model` would be loaded from, without loading anything:
+ * `{model, kind: 'hub' | 'url', endpoint, origin, official}` (`official`: a repo from
+ * https://huggingface.co; `endpoint` is null for URLs). Throws TypeError for an invalid id,
+ * URL or endpoint. An app that takes a model or endpoint from a link should show this to the
+ * user, and load only once they agree.
+ */
+export function resolveModel(model, { endpoint } = {}) {
+  const s = normalizeModel(model, { endpoint, base: pageBase() });
+  return { model: s.id, kind: s.kind, endpoint: s.endpoint, origin: s.origin, official: s.official };
+}
+
+/**
+ * Models with anything in the cache:
+ * `{model, endpoint, origin, key, storage, bytes, totalBytes, complete, updated}`.
+ */
 export function listCachedModels() {
   return listCached();
 }
 
-/** Deletes a cached model (repo id or URL). Resolves to whether anything was deleted. */
-export async function deleteCachedModel(model) {
+/**
+ * Deletes a cached model: a repo id (from `options.endpoint`, default the hub) or URL, or an
+ * entry of listCachedModels(). Resolves to whether anything was deleted.
+ */
+export async function deleteCachedModel(model, { endpoint } = {}) {
   try {
-    return await deleteCached(model, { base: pageBase() });
+    return await deleteCached(model, { endpoint, base: pageBase() });
   } catch (e) {
     if (e instanceof TypeError) throw e;
     throw fromWire({ name: e?.name, message: e?.message });
@@ -94,6 +112,10 @@ class Engine {
     this.#storage = storageState;
     /** The model id: the repo id, or the absolute URL of the model directory. */
     this.model = source.id;
+    /** The hub endpoint the files came from (null for a URL model). */
+    this.endpoint = source.endpoint;
+    /** The origin the model's files were requested from, e.g. "https://huggingface.co". */
+    this.origin = source.origin;
     this.chat = { completions: { create: (request) => this.#create(request) } };
   }
 

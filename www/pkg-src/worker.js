@@ -28,6 +28,10 @@ const CACHE_READ_BYTES = 8 << 20;
 const BLOCK_BYTES = 1 << 20;
 const MAX_HEADER_BYTES = 100_000_000 + 8; // the safetensors format's own header limit
 const MAX_FAILURES = 5; // consecutive failed attempts (no bytes received) before giving up
+const SMALL_FILES = [
+  'config.json', 'model.safetensors.index.json', 'tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja',
+  'generation_config.json',
+];
 const PROGRESS_INTERVAL_MS = 100;
 const SPEED_WINDOW_MS = 3000;
 
@@ -106,6 +110,13 @@ function wasmError(e) {
 // ---------------------------------------------------------------------------------------
 // Loading
 
+let loadedFiles = {}; // name -> {size, verified} of the loaded model, for info()
+
+/** Where a model's files come from, as info() reports it. */
+function sourceInfo(source) {
+  return { source: source.baseUrl, endpoint: source.endpoint, origin: source.origin };
+}
+
 async function onLoad(options) {
   loadController = new AbortController();
   const progress = new Progress(post);
@@ -113,8 +124,11 @@ async function onLoad(options) {
     engine = await loadModel(options, loadController.signal, progress);
     engineInfo = {
       model: options.source.id,
+      ...sourceInfo(options.source),
       storage: engineInfo?.storage ?? null,
       gpu: engineInfo?.gpu ?? null,
+      files: loadedFiles,
+      sizeOnly: Object.keys(loadedFiles).filter((name) => loadedFiles[name].verified === 'size-only').sort(),
     };
     progress.emit('ready', null, true);
     post({ type: 'loaded', info: engineInfo });
@@ -156,6 +170,8 @@ class ModelLoad {
     if (maxStorageBinding != null) this.loaderOptions.maxStorageBinding = maxStorageBinding;
     if (kvCache != null) this.loaderOptions.kvCache = kvCache;
     this.files = new Map(); // name -> open StoredFile
+    this.listing = null; // promise of the hub's file listing, fetched at most once
+    this.noRanges = false; // set when the server answered a Range request wrongly
   }
 
   async run() {
@@ -163,6 +179,9 @@ class ModelLoad {
     let finishing = false;
     try {
       await this.readManifest();
+      // Files kept from an earlier version are checked against the hub's listing: without
+      // it, fail before anything is touched.
+      if (Object.values(this.manifest.files).some((e) => e.legacy) && !(await this.hubListing())) throw this.legacyError();
       const config = await this.small('config.json', true);
       const index = await this.small('model.safetensors.index.json', false);
       const tokenizer = await this.small('tokenizer.json', true);
@@ -177,6 +196,7 @@ class ModelLoad {
       // model can run at all, and plan() says so after only the headers are fetched.
       loader = await wasmCall(() => wasm.ModelLoader.create(config, this.loaderOptions));
       await this.hubMetadata(weights);
+      await this.verifyLegacy(weights);
       for (const name of weights) await this.header(name, loader);
       await this.fillMissingSizes(weights);
       await this.checkQuota(weights);
@@ -193,6 +213,10 @@ class ModelLoad {
       const engine = await wasmCall(() => loader.finish(tokenizer, tokenizerConfig, chatTemplate, generationConfig));
       this.manifest.complete = true;
       await this.saveManifest();
+      loadedFiles = {};
+      for (const [name, e] of Object.entries(this.manifest.files)) {
+        if (!e.absent && (weights.includes(name) || SMALL_FILES.includes(name))) loadedFiles[name] = { size: e.size, verified: e.verified ?? null };
+      }
       return engine;
     } catch (e) {
       if (loader && !finishing) {
@@ -214,23 +238,77 @@ class ModelLoad {
   }
 
   async file(name) {
-    if (!this.files.has(name)) this.files.set(name, await this.store.openFile(name));
+    if (!this.files.has(name)) {
+      const f = await this.store.openFile(name);
+      this.files.set(name, f);
+      // Bytes that no entry of the manifest as it was read vouches for are not resumed from.
+      if (!this.vouched.has(name) && f.length > 0) await f.reset();
+      this.vouched.add(name);
+    }
     return this.files.get(name);
   }
 
   // --- manifest ---------------------------------------------------------------------
 
+  /**
+   * The manifest, when it vouches for the files in this model's directory; else a fresh
+   * one, after deleting those files. Files are used only when they came from the source
+   * this load asks for:
+   *  - version 2 naming this model and this source (`source`, the URL the files are fetched
+   *    under): used;
+   *  - version 1 (earlier releases) of a URL model: its key is its URL, so whatever wrote
+   *    there fetched from that URL; used, with each file marked as verified by the sha256
+   *    the server stated, or by size only;
+   *  - version 1 of a hub repo: earlier releases stored a repo under its id whatever the
+   *    endpoint, so these files may come from any server (one visit to a link with
+   *    ?endpoint= was enough), and its recorded `source` is only the last load's. The key is
+   *    huggingface.co's now. The small files are dropped (fetched again: a few MB) and the
+   *    complete weight files kept as `legacy`: used only after they match the sha256 that
+   *    huggingface.co publishes for them (verifyLegacy), deleted otherwise;
+   *  - anything else (another source or model, an unknown version, torn or missing): not
+   *    used, and the directory is emptied.
+   */
   async readManifest() {
     const m = await this.store.readManifest();
-    this.manifest = m && m.version === MANIFEST_VERSION && m.files ? m : {
-      version: MANIFEST_VERSION, model: this.source.id, files: {}, weights: null, totalBytes: null, complete: false,
+    const src = this.source;
+    let kept = null;
+    if (m && m.files && typeof m.files === 'object' && !Array.isArray(m.files) && m.model === src.id) {
+      if (m.version === MANIFEST_VERSION && m.source === src.baseUrl && (m.endpoint ?? null) === src.endpoint) kept = m;
+      else if (m.version === 1 && src.kind === 'url' && m.source === src.baseUrl) kept = upgradeUrlManifest(m);
+      else if (m.version === 1 && src.kind === 'hub' && src.official) kept = legacyHubManifest(m);
+    }
+    if (!kept) {
+      try {
+        await this.store.clear();
+      } catch (e) {
+        throw storageError(e);
+      }
+      kept = { files: {}, weights: null, totalBytes: null, complete: false };
+      if (m) console.warn(`webqwen: the cache of "${src.id}" from ${src.origin} held files it cannot vouch for (another source, version or a torn manifest); they were deleted`);
+    }
+    this.manifest = {
+      ...kept, version: MANIFEST_VERSION, model: src.id, source: src.baseUrl, endpoint: src.endpoint,
     };
-    this.manifest.model = this.source.id;
-    this.manifest.source = this.source.baseUrl;
+    this.vouched = new Set(Object.keys(this.manifest.files));
+    this.progress.sizeOnly = this.sizeOnly();
   }
 
   entry(name) {
     return (this.manifest.files[name] ??= { size: null, sha256: null, verifiedSha256: null, complete: false });
+  }
+
+  /** Records how a complete file was verified: 'sha256' | 'git-sha1' | 'size-only'. */
+  markVerified(name, how) {
+    this.entry(name).verified = how;
+    this.progress.sizeOnly = this.sizeOnly();
+  }
+
+  /** Complete files accepted without a checksum published by their source. */
+  sizeOnly() {
+    return Object.entries(this.manifest.files)
+      .filter(([, e]) => e.complete && !e.absent && e.verified === 'size-only')
+      .map(([name]) => name)
+      .sort();
   }
 
   async saveManifest() {
@@ -283,8 +361,31 @@ class ModelLoad {
     const bytes = new Uint8Array(await res.arrayBuffer());
     const meta = metaFromResponse(res);
     const digest = sha256Hex(bytes);
-    if (meta.sha256 && meta.sha256 !== digest) {
-      throw new BadModelError(`${name} from ${url} does not match its checksum (sha256 ${digest}, server says ${meta.sha256}).`, { file: name, url });
+    if (meta.size != null && meta.size !== bytes.length) {
+      throw new BadModelError(`${name} from ${url} is ${formatBytes(bytes.length)}, but the server stated ${formatBytes(meta.size)}.`, { file: name, url });
+    }
+    // The checksum the source publishes: the sha256 its response states, else (hub repos)
+    // what its file listing says: the sha256 of an LFS file or the git blob id of another.
+    let published = meta.sha256 ? { sha256: meta.sha256 } : null;
+    if (!published && this.source.apiUrl) {
+      const listed = (await this.hubListing())?.get(name);
+      if (listed?.sha256 || listed?.gitOid) published = listed;
+    }
+    let verified = 'size-only';
+    if (published?.size != null && published.size !== bytes.length) {
+      throw new BadModelError(`${name} from ${url} is ${formatBytes(bytes.length)}, but the repository lists ${formatBytes(published.size)}.`, { file: name, url });
+    }
+    if (published?.sha256) {
+      if (published.sha256 !== digest) {
+        throw new BadModelError(`${name} from ${url} does not match its checksum (sha256 ${digest}, server says ${published.sha256}).`, { file: name, url });
+      }
+      verified = 'sha256';
+    } else if (published?.gitOid) {
+      const oid = await gitBlobSha1(bytes);
+      if (oid != null && oid !== published.gitOid) {
+        throw new BadModelError(`${name} from ${url} does not match its checksum (git blob ${oid}, the repository lists ${published.gitOid}).`, { file: name, url });
+      }
+      if (oid != null) verified = 'git-sha1';
     }
     try {
       await f.reset();
@@ -293,7 +394,8 @@ class ModelLoad {
     } catch (e) {
       throw storageError(e);
     }
-    Object.assign(entry, { size: bytes.length, sha256: meta.sha256, verifiedSha256: digest, complete: true, absent: false });
+    Object.assign(entry, { size: bytes.length, sha256: published?.sha256 ?? null, verifiedSha256: digest, complete: true, absent: false });
+    this.markVerified(name, verified);
     await this.saveManifest();
     return closeAndDecode(this, name, bytes);
   }
@@ -301,7 +403,40 @@ class ModelLoad {
   // --- weight metadata and headers ---------------------------------------------------
 
   /**
-   * The hub's tree API states size and sha256 of every LFS file in one request. Weight
+   * The hub's file listing (its tree API), fetched at most once per load: name ->
+   * {size, sha256 (LFS files), gitOid (other files)}; null when there is none or it failed.
+   */
+  hubListing() {
+    if (!this.source.apiUrl) return Promise.resolve(null);
+    this.listing ??= (async () => {
+      let list;
+      try {
+        const res = await fetch(this.source.apiUrl, { cache: 'no-store', signal: this.signal });
+        if (!res.ok) {
+          await res.body?.cancel().catch(() => {});
+          return null;
+        }
+        list = await res.json();
+      } catch {
+        this.throwIfAborted();
+        return null;
+      }
+      if (!Array.isArray(list)) return null;
+      const out = new Map();
+      for (const item of list) {
+        if (typeof item?.path !== 'string' || (item.type && item.type !== 'file')) continue;
+        const size = Number(item.lfs?.size ?? item.size);
+        const sha256 = item.lfs ? parseSha256(String(item.lfs.oid ?? item.lfs.sha256 ?? '').replace(/^sha256:/, '')) : null;
+        const gitOid = !item.lfs && /^[0-9a-f]{40}$/i.test(String(item.oid ?? '')) ? String(item.oid).toLowerCase() : null;
+        out.set(item.path, { size: Number.isSafeInteger(size) && size >= 0 ? size : null, sha256, gitOid });
+      }
+      return out;
+    })();
+    return this.listing;
+  }
+
+  /**
+   * The hub's listing states size and sha256 of every LFS file in one request. Weight
    * downloads are redirected to a CDN whose ETag is not a sha256, so without this the
    * checksum of hub downloads would be unknown. Failure is fine: sizes still come from
    * the responses, and checksums from the first complete download.
@@ -309,22 +444,66 @@ class ModelLoad {
   async hubMetadata(weights) {
     if (!this.source.apiUrl) return;
     if (weights.every((name) => this.manifest.files[name]?.complete)) return;
-    let list;
-    try {
-      const res = await fetch(this.source.apiUrl, { cache: 'no-store', signal: this.signal });
-      if (!res.ok) return;
-      list = await res.json();
-    } catch {
+    const listing = await this.hubListing();
+    for (const name of weights) {
+      const item = listing?.get(name);
+      if (!item || this.manifest.files[name]?.complete) continue;
+      await this.noteRemote(name, { size: item.size > 0 ? item.size : null, sha256: item.sha256 });
+    }
+  }
+
+  /**
+   * Weight files kept from a version-1 cache of a huggingface.co repo (see readManifest):
+   * hashed once and used only when they match the sha256 the hub lists for them now;
+   * deleted otherwise. Without the listing (offline) nothing is deleted and the load fails.
+   */
+  async verifyLegacy(weights) {
+    const legacy = weights.filter((name) => this.manifest.files[name]?.legacy);
+    if (!legacy.length) return;
+    const listing = await this.hubListing();
+    if (!listing) throw this.legacyError();
+    for (const name of legacy) {
       this.throwIfAborted();
-      return;
+      const entry = this.entry(name);
+      const want = listing.get(name);
+      const f = await this.file(name);
+      let digest = null;
+      if (want?.sha256 && f.length === want.size) {
+        this.progress.emit('verify', name, true);
+        const hasher = new wasm.Sha256();
+        try {
+          for (let at = 0; at < f.length; at += CACHE_READ_BYTES) {
+            this.throwIfAborted();
+            const n = Math.min(CACHE_READ_BYTES, f.length - at);
+            hasher.update(await f.read(at, n));
+            this.progress.add('verify', name, n);
+          }
+          digest = hasher.hex();
+        } finally {
+          hasher.free?.();
+        }
+      }
+      this.progress.resetFile(name);
+      delete entry.legacy;
+      if (digest && digest === want.sha256) {
+        Object.assign(entry, { size: want.size, sha256: want.sha256, complete: true, verifiedSha256: digest });
+        this.markVerified(name, 'sha256');
+      } else {
+        if (f.length > 0) console.warn(`webqwen: cached ${name} from an earlier version does not match ${this.source.origin}'s checksum; downloading it again`);
+        await f.reset();
+        Object.assign(entry, { complete: false, verifiedSha256: null });
+      }
+      await this.saveManifest();
     }
-    if (!Array.isArray(list)) return;
-    for (const item of list) {
-      if (!weights.includes(item?.path) || this.manifest.files[item.path]?.complete) continue;
-      const size = Number(item.lfs?.size ?? item.size);
-      const sha = parseSha256(String(item.lfs?.oid ?? item.lfs?.sha256 ?? '').replace(/^sha256:/, ''));
-      await this.noteRemote(item.path, { size: Number.isFinite(size) && size > 0 ? size : null, sha256: sha });
-    }
+  }
+
+  legacyError() {
+    return new NetworkError(
+      `The cached files of "${this.source.id}" were stored by an earlier version of webqwen, which did not record ` +
+      `where they came from. They are checked once against the checksums ${this.source.origin} publishes, which ` +
+      `could not be fetched from ${this.source.apiUrl}. Connect to the network and load again; nothing was deleted.`,
+      { url: this.source.apiUrl },
+    );
   }
 
   /**
@@ -525,6 +704,9 @@ class ModelLoad {
         if (written === size && (!expected || digest === expected)) {
           await f.commit();
           Object.assign(entry, { size, verifiedSha256: digest, complete: true });
+          // Without a sha256 from the source, only the size (stated by the server and by the
+          // file's own header) vouches for a fresh download.
+          this.markVerified(name, entry.sha256 ? 'sha256' : 'size-only');
           await this.saveManifest();
           return;
         }
@@ -547,7 +729,9 @@ class ModelLoad {
    * Streams bytes [start, end) of a file to onChunk(offset, bytes), in order. A broken
    * connection resumes with a Range request from the next missing byte; a server that
    * answers a range request with the whole file (200) makes it call onRestart() and go on
-   * from byte 0. Gives up after MAX_FAILURES attempts in a row that received nothing.
+   * from byte 0. So does a 206 whose Content-Range is missing or does not match the range
+   * asked for (such bytes cannot be placed): Range requests then stop for the rest of this
+   * load. Gives up after MAX_FAILURES attempts in a row that received nothing.
    */
   async transfer(name, start, end, { onChunk, onRestart, onMeta, whole = false }) {
     const url = this.url(name);
@@ -561,7 +745,7 @@ class ModelLoad {
     while (offset < end) {
       this.throwIfAborted();
       const headers = {};
-      if (offset > 0 || !whole) headers.Range = whole ? `bytes=${offset}-` : `bytes=${offset}-${end - 1}`;
+      if (!this.noRanges && (offset > 0 || !whole)) headers.Range = whole ? `bytes=${offset}-` : `bytes=${offset}-${end - 1}`;
       let res;
       try {
         res = await fetch(url, { headers, cache: 'no-store', signal: this.signal });
@@ -569,12 +753,30 @@ class ModelLoad {
         await fail(e);
         continue;
       }
+      let stop = end; // where this response's bytes end
       if (res.status === 206) {
-        const range = parseContentRange(res.headers.get('content-range'));
-        if (range && range.start !== offset) {
+        const raw = res.headers.get('content-range');
+        const range = parseContentRange(raw);
+        const last = whole ? null : end - 1;
+        const length = res.headers.get('content-encoding') ? null : res.headers.get('content-length');
+        const valid = headers.Range && range && range.start === offset && range.end >= range.start &&
+          (last == null || range.end <= last) && (range.total == null || range.end < range.total) &&
+          (length == null || Number(length) === range.end - range.start + 1);
+        if (!valid) {
           await res.body?.cancel().catch(() => {});
-          throw new NetworkError(`The server answered a request for ${name} from byte ${offset} with bytes from ${range.start}.`, { url });
+          if (!headers.Range) {
+            throw new NetworkError(`The server answered a plain request for ${name} with 206 Partial Content.`, { url, status: 206 });
+          }
+          console.warn(`webqwen: the server answered "Range: ${headers.Range}" for ${name} with ` +
+            `${raw == null ? 'no Content-Range' : `"Content-Range: ${raw}", Content-Length ${length}`}; downloading whole files from now on`);
+          this.noRanges = true;
+          if (offset > 0) {
+            await onRestart();
+            offset = 0;
+          }
+          continue;
         }
+        stop = Math.min(end, range.end + 1);
       } else if (res.status === 200) {
         if (offset > 0) {
           await onRestart();
@@ -595,7 +797,7 @@ class ModelLoad {
       const reader = res.body.getReader();
       let received = 0;
       let broken = null;
-      while (offset < end) {
+      while (offset < stop) {
         let step;
         try {
           step = await reader.read();
@@ -605,7 +807,7 @@ class ModelLoad {
         }
         if (step.done) break;
         let chunk = step.value;
-        if (offset + chunk.length > end) chunk = chunk.subarray(0, end - offset);
+        if (offset + chunk.length > stop) chunk = chunk.subarray(0, stop - offset);
         try {
           await onChunk(offset, chunk);
         } catch (e) {
@@ -615,11 +817,10 @@ class ModelLoad {
         offset += chunk.length;
         received += chunk.length;
       }
-      if (offset >= end) {
-        reader.cancel().catch(() => {}); // a header range may come with more than asked for
-        break;
-      }
+      if (offset >= stop) reader.cancel().catch(() => {}); // a header range may come with more than asked for
+      if (offset >= end) break;
       if (received > 0) failures = 0;
+      if (offset >= stop) continue; // the server sent a shorter range than asked for: ask for the rest
       await fail(broken ?? new Error('the connection closed before the end of the file'));
     }
     return offset;
@@ -800,6 +1001,42 @@ function weightFiles(indexText) {
   return files;
 }
 
+/** A version-1 manifest of a URL model, as version 2 (see ModelLoad.readManifest). */
+function upgradeUrlManifest(m) {
+  const files = {};
+  for (const [name, e] of Object.entries(m.files)) {
+    if (!e || typeof e !== 'object') continue;
+    files[name] = { ...e };
+    if (e.complete && !e.absent) files[name].verified = e.sha256 ? 'sha256' : 'size-only';
+  }
+  return { files, weights: m.weights ?? null, totalBytes: m.totalBytes ?? null, complete: Boolean(m.complete) };
+}
+
+/**
+ * A version-1 manifest of a hub repo, as version 2 (see ModelLoad.readManifest): nothing
+ * in it is trusted. Complete weight files are kept as `legacy`, with their size only (to
+ * tell a different file at once); every other entry is dropped, so its bytes are not used.
+ */
+function legacyHubManifest(m) {
+  const files = {};
+  for (const [name, e] of Object.entries(m.files)) {
+    if (!name.endsWith('.safetensors') || !e?.complete || !(Number.isSafeInteger(e.size) && e.size > 0)) continue;
+    files[name] = { size: e.size, sha256: null, verifiedSha256: null, complete: false, legacy: true };
+  }
+  return { files, weights: null, totalBytes: null, complete: false };
+}
+
+/** The git blob id (sha1 of "blob <length>\0" + bytes) the hub lists for non-LFS files; null without WebCrypto. */
+async function gitBlobSha1(bytes) {
+  if (!globalThis.crypto?.subtle) return null;
+  const head = new TextEncoder().encode(`blob ${bytes.length}\0`);
+  const all = new Uint8Array(head.length + bytes.length);
+  all.set(head);
+  all.set(bytes, head.length);
+  const digest = await crypto.subtle.digest('SHA-1', all);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
 function sha256Hex(bytes) {
   const h = new wasm.Sha256();
   try {
@@ -879,6 +1116,7 @@ class Progress {
   constructor(send) {
     this.send = send;
     this.total = 0;
+    this.sizeOnly = []; // complete files accepted without a published checksum
     this.perFile = new Map();
     this.phase = null;
     this.samples = []; // [time, bytes moved in this phase]
@@ -930,6 +1168,7 @@ class Progress {
         loaded: done ? this.total : this.loaded,
         total: this.total,
         bytesPerSecond: phase === 'download' || phase === 'cache' ? Math.round(this.bytesPerSecond()) : 0,
+        sizeOnly: [...this.sizeOnly],
       },
     });
   }

@@ -31,6 +31,10 @@ test('the chat app streams the real engine\'s answer, equal to the native one', 
   const want = nativeGreedy(MODEL, PROMPT, MAX_TOKENS);
   const model = `${env.models.url}/${MODEL}/`;
   await page.goto(`${env.app.url}/www/app/?model=${encodeURIComponent(model)}&temperature=0&max_tokens=${MAX_TOKENS}`);
+  // A model named by the link loads once the user agrees.
+  await page.waitForSelector('#confirm-load[open]');
+  assert.equal(await page.textContent('#confirm-load .confirm-origin'), env.models.url);
+  await page.click('#confirm-load .confirm-load');
   await page.waitForSelector('body[data-engine="ready"], body[data-engine="error"]', { timeout: 120_000 });
   assert.equal(await page.getAttribute('body', 'data-engine'), 'ready', `${await page.textContent('#notice')}\n${env.logs.slice(-20).join('\n')}`);
   assert.match(await page.textContent('#model-status'), new RegExp(MODEL));

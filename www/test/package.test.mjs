@@ -4,16 +4,23 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import fs from 'node:fs';
 import { setUp, requests, ranges } from './setup.mjs';
-import { makeModel, dataStart } from './fixtures.mjs';
+import { makeModel, dataStart, sha256File } from './fixtures.mjs';
+import { startServer } from './server.mjs';
+import { normalizeModel } from '../pkg-src/cache.js';
 
 const MiB = 1 << 20;
+const HUB = 'https://huggingface.co';
 let env;
 let page;
+let evil; // a second hub serving other files under the same repo ids
 const models = {}; // name -> {files}
+const evilModels = {};
 
-function key(repo) {
-  return repo.replace('/', '~2f');
+/** The cache entry (OPFS directory) of a repo from `endpoint` (default: the test hub). */
+function key(repo, endpoint) {
+  return normalizeModel(repo, { endpoint: endpoint ?? env.models.url }).key;
 }
 
 async function load(opts) {
@@ -54,6 +61,31 @@ before(async () => {
   model('cache-api', { shards: [5 * MiB, 3 * MiB] });
   model('aborted', { shards: [16 * MiB] });
   model('slow-chat', { shards: [1 * MiB], mock: { stepDelayMs: 20 } });
+  model('poison', { shards: [2 * MiB, 1 * MiB] });
+  model('poison-first', { shards: [2 * MiB] });
+  model('legacy', { shards: [2 * MiB, 1 * MiB] });
+  model('plain', { shards: [3 * MiB] });
+  model('partial-206', { shards: [4 * MiB] });
+  const evilDir = path.join(env.tmp, 'evil');
+  for (const name of ['poison', 'poison-first', 'legacy']) {
+    evilModels[name] = makeModel(path.join(evilDir, 'test-org', name), { shards: name === 'poison-first' ? [2 * MiB] : [2 * MiB, 1 * MiB] });
+    // What the attacker wants the official id to say.
+    const template = path.join(evilDir, 'test-org', name, 'chat_template.jinja');
+    fs.writeFileSync(template, 'EVIL {{ messages }}');
+    evilModels[name]['chat_template.jinja'] = { size: fs.statSync(template).size, sha256: sha256File(template) };
+  }
+  evil = await startServer({ root: evilDir });
+  // huggingface.co itself, played by the test hub: requests to the default endpoint (whose
+  // cache key is the one of earlier versions) are answered by env.models.
+  await env.context.route(`${HUB}/**`, async (route) => {
+    const u = new URL(route.request().url());
+    try {
+      const response = await route.fetch({ url: `${env.models.url}${u.pathname}${u.search}`, maxRedirects: 0 });
+      await route.fulfill({ response });
+    } catch {
+      await route.abort('connectionrefused').catch(() => {});
+    }
+  });
   page = await env.context.newPage();
   await page.goto(`${env.app.url}/www/test/pages/harness.html`);
   await page.waitForFunction(() => window.harnessReady);
@@ -61,6 +93,7 @@ before(async () => {
 });
 
 after(async () => {
+  await evil?.close();
   await env?.tearDown();
 });
 
@@ -301,8 +334,11 @@ test('a corrupted or truncated cached file is detected and fetched again', async
   }, k);
   env.models.reset();
   assertLoaded(await load({ model: 'test-org/cache-sharded' }), files);
-  assert.equal(requests(env.models, '/test-org/cache-sharded/'), 1);
+  // tokenizer.json again, and the repo's listing for its checksum (the hub's ETag of a
+  // non-LFS file is its git blob id, which the listing names as such)
+  assert.equal(requests(env.models, '/test-org/cache-sharded/'), 2);
   assert.equal(requests(env.models, 'tokenizer.json'), 1);
+  assert.equal(requests(env.models, '/api/models/test-org/cache-sharded/tree/main'), 1);
   await unload();
 });
 
@@ -403,12 +439,20 @@ test('Cache API storage works the same, and cached models can be listed and dele
   assert.ok(byModel['test-org/cache-api|cache']?.complete);
   assert.equal(byModel['test-org/resume-across|opfs']?.complete, true);
 
-  const deleted = await page.evaluate(async () => [
-    await window.webqwen.deleteCachedModel('test-org/cache-sharded'),
-    await window.webqwen.deleteCachedModel('test-org/cache-api'),
-    await window.webqwen.deleteCachedModel('test-org/never-loaded'),
-  ]);
-  assert.deepEqual(deleted, [true, true, false]);
+  assert.equal(sharded.endpoint, env.models.url);
+  assert.equal(sharded.origin, env.models.url);
+  const deleted = await page.evaluate(async (endpoint) => {
+    const listed = await window.webqwen.listCachedModels();
+    return [
+      // not from huggingface.co: nothing there
+      await window.webqwen.deleteCachedModel('test-org/cache-sharded'),
+      await window.webqwen.deleteCachedModel('test-org/cache-sharded', { endpoint }),
+      // a listed entry, as the app deletes it
+      await window.webqwen.deleteCachedModel(listed.find((m) => m.model === 'test-org/cache-api' && m.storage === 'cache')),
+      await window.webqwen.deleteCachedModel('test-org/never-loaded', { endpoint }),
+    ];
+  }, env.models.url);
+  assert.deepEqual(deleted, [false, true, true, false]);
   const after = await page.evaluate(() => window.webqwen.listCachedModels());
   assert.ok(!after.some((m) => m.model === 'test-org/cache-sharded' || m.model === 'test-org/cache-api'));
   assert.equal(await page.evaluate((k) => window.opfs.exists(k), key('test-org/cache-sharded')), false);
@@ -416,4 +460,196 @@ test('Cache API storage works the same, and cached models can be listed and dele
   assertLoaded(await load({ model: 'test-org/cache-sharded' }), models['cache-sharded']);
   assert.ok(requests(env.models, '.safetensors') >= 2, 'downloaded again after deletion');
   await unload();
+});
+
+// ---------------------------------------------------------------------------------------
+// Where cached files came from (issue 9, item 2): the official hub here is
+// https://huggingface.co, routed to the test hub; `evil` serves other files under the same ids.
+
+test('a repo from another endpoint never touches the official cache entry, nor is used for it', async () => {
+  const repo = 'test-org/poison';
+  const official = key(repo, HUB);
+  assert.equal(official, 'test-org~2fpoison', 'the default endpoint keeps the key of earlier versions');
+  env.models.reset();
+  const first = await load({ model: repo, endpoint: HUB });
+  assertLoaded(first, models.poison);
+  assert.ok(requests(env.models, '/test-org/poison/') > 0, 'the official files came through the routed hub');
+  await unload();
+  const before = await page.evaluate((k) => window.opfs.snapshot(k), official);
+  assert.ok(before['manifest.json'] && before['files/chat_template.jinja'], JSON.stringify(before));
+
+  // The poisoning attempt: the same id from another endpoint (as ?endpoint= would do).
+  evil.reset();
+  const poisoned = await load({ model: repo, endpoint: evil.url });
+  await unload();
+  assert.deepEqual(await page.evaluate((k) => window.opfs.snapshot(k), official), before,
+    'the official entry (manifest and every file) is byte-identical');
+  // (and that load got the other endpoint's files, not the official cache's)
+  assertLoaded(poisoned, evilModels.poison);
+  assert.ok(await page.evaluate((k) => window.opfs.exists(k), key(repo, evil.url)), 'the other endpoint has its own entry');
+
+  // A later official load uses the official bytes only: from the cache, nothing from evil.
+  env.models.reset();
+  evil.reset();
+  const again = await load({ model: repo, endpoint: HUB });
+  assertLoaded(again, models.poison);
+  assert.equal(requests(evil), 0);
+  assert.equal(requests(env.models, '/test-org/poison'), 0, 'served from the cache');
+  await unload();
+  // Each says where it came from.
+  assert.deepEqual([again.info.origin, again.info.endpoint, again.info.source], [HUB, HUB, `${HUB}/${repo}/resolve/main/`]);
+  assert.deepEqual([poisoned.info.origin, poisoned.info.endpoint], [evil.url, evil.url]);
+  const manifest = await page.evaluate((k) => window.opfs.manifest(k), official);
+  assert.deepEqual([manifest.version, manifest.source, manifest.endpoint], [2, `${HUB}/${repo}/resolve/main/`, HUB]);
+
+  const listed = (await page.evaluate(() => window.webqwen.listCachedModels())).filter((m) => m.model === repo);
+  assert.deepEqual(listed.map((m) => [m.endpoint, m.origin, m.key]).sort(),
+    [[HUB, HUB, official], [evil.url, evil.url, key(repo, evil.url)]].sort());
+  // Deleting the other endpoint's entry leaves the official one.
+  const kept = await page.evaluate((k) => window.opfs.snapshot(k), official);
+  assert.equal(await page.evaluate(([r, ep]) => window.webqwen.deleteCachedModel(r, { endpoint: ep }), [repo, evil.url]), true);
+  assert.equal(await page.evaluate((k) => window.opfs.exists(k), key(repo, evil.url)), false);
+  assert.deepEqual(await page.evaluate((k) => window.opfs.snapshot(k), official), kept);
+});
+
+test('poisoning first: a repo cached from another endpoint is not used for the official one', async () => {
+  const repo = 'test-org/poison-first';
+  evil.reset();
+  assertLoaded(await load({ model: repo, endpoint: evil.url }), evilModels['poison-first']);
+  await unload();
+  env.models.reset();
+  evil.reset();
+  const official = await load({ model: repo, endpoint: HUB });
+  assertLoaded(official, models['poison-first']);
+  assert.equal(requests(evil), 0);
+  for (const name of Object.keys(models['poison-first'])) {
+    assert.equal(requests(env.models, `/test-org/poison-first/resolve/main/${name}`) > 0, true, `${name} came from the official hub`);
+  }
+  const template = await page.evaluate((k) => window.opfs.fileInfo(k, 'chat_template.jinja'), key(repo, HUB));
+  assert.equal(template.sha256, models['poison-first']['chat_template.jinja'].sha256);
+  await unload();
+});
+
+test('a cache entry written by an earlier version is used only after it matches huggingface.co', async () => {
+  const repo = 'test-org/legacy';
+  const k = key(repo, HUB);
+  const files = models.legacy;
+  const shard1 = 'model-00001-of-00002.safetensors';
+  const shard2 = 'model-00002-of-00002.safetensors';
+  // What the previous release wrote: manifest version 1, no record of the endpoint, and
+  // `source` only the last load's. Here an evil endpoint's load went into the same entry:
+  // shard 2, the tokenizer and the template are evil, and the manifest vouches for them.
+  assertLoaded(await load({ model: repo, endpoint: HUB }), files);
+  await unload();
+  const v2 = await page.evaluate((key) => window.opfs.manifest(key), k);
+  const v1 = { version: 1, model: repo, files: {}, weights: v2.weights, totalBytes: v2.totalBytes, complete: true,
+    source: `${evil.url}/${repo}/resolve/main/`, updated: v2.updated };
+  for (const [name, e] of Object.entries(v2.files)) {
+    const evilFile = evilModels.legacy[name];
+    const poisoned = [shard2, 'tokenizer.json', 'chat_template.jinja'].includes(name);
+    v1.files[name] = { size: poisoned ? evilFile.size : e.size, sha256: poisoned ? evilFile.sha256 : e.sha256,
+      verifiedSha256: poisoned ? evilFile.sha256 : e.verifiedSha256, complete: true, ...(e.absent ? { absent: true } : {}) };
+    if (poisoned) await page.evaluate(([key, n, url]) => window.opfs.fetchInto(key, `files/${n}`, url), [k, name, `${evil.url}/test-org/legacy/${name}`]);
+  }
+  await page.evaluate(([key, text]) => window.opfs.writeFile(key, 'manifest.json', text), [k, JSON.stringify(v1)]);
+  const stored = await page.evaluate((key) => window.opfs.snapshot(key), k);
+
+  // Offline, it cannot be checked: a clear error, and nothing is deleted.
+  await env.models.close();
+  try {
+    const offline = await load({ model: repo, endpoint: HUB });
+    assert.equal(offline.ok, false);
+    assert.equal(offline.error.name, 'NetworkError');
+    assert.match(offline.error.message, /earlier version of webqwen.*nothing was deleted/s);
+  } finally {
+    await env.restartModels();
+  }
+  const afterOffline = await page.evaluate((key) => window.opfs.snapshot(key), k);
+  for (const name of [shard1, shard2]) assert.equal(afterOffline[`files/${name}`], stored[`files/${name}`], name);
+
+  // Online: shard 1 matches the hub's sha256 and is kept (not downloaded); shard 2 does not
+  // and is downloaded again; the small files are downloaded again.
+  env.models.reset();
+  const result = await load({ model: repo, endpoint: HUB });
+  assertLoaded(result, files);
+  assert.ok(phases(result).has('verify'), 'the kept weights were checked');
+  assert.equal(requests(env.models, `/resolve/main/${shard1}`), 0, 'the matching shard came from the cache');
+  assert.ok(requests(env.models, `/resolve/main/${shard2}`) > 0, 'the evil shard was downloaded again');
+  for (const name of ['tokenizer.json', 'chat_template.jinja', 'config.json']) {
+    assert.equal(requests(env.models, `/resolve/main/${name}`), 1, name);
+    const info = await page.evaluate(([key, n]) => window.opfs.fileInfo(key, n), [k, name]);
+    assert.equal(info.sha256, files[name].sha256, name);
+  }
+  await unload();
+  const migrated = await page.evaluate((key) => window.opfs.manifest(key), k);
+  assert.equal(migrated.version, 2);
+  assert.equal(migrated.source, `${HUB}/${repo}/resolve/main/`);
+  assert.equal(migrated.files[shard1].verified, 'sha256');
+  assert.equal(migrated.files[shard2].verified, 'sha256');
+  assert.ok(Object.values(migrated.files).every((e) => !e.legacy));
+
+  // A manifest naming another source (or tampered with) is never used: its files are deleted.
+  await page.evaluate(([key, text]) => window.opfs.writeFile(key, 'manifest.json', text),
+    [k, JSON.stringify({ ...migrated, source: `${evil.url}/${repo}/resolve/main/`, endpoint: evil.url })]);
+  env.models.reset();
+  assertLoaded(await load({ model: repo, endpoint: HUB }), files);
+  assert.ok(requests(env.models, `/resolve/main/${shard1}`) > 0, 'downloaded again');
+  await unload();
+});
+
+test('files without a published checksum are marked size-only in the manifest, progress and info()', async () => {
+  // A plain static server: no ETag, no X-Linked-Etag.
+  const url = `${env.models.url}/test-org/plain`;
+  env.models.reset();
+  env.models.setRules([{ path: '*/test-org/plain/', noChecksum: true }]);
+  const plain = await load({ model: url });
+  assertLoaded(plain, models.plain);
+  const names = Object.keys(models.plain).sort();
+  assert.deepEqual(plain.info.sizeOnly, names);
+  assert.deepEqual(plain.progress.at(-1).sizeOnly, names);
+  for (const name of names) assert.equal(plain.info.files[name].verified, 'size-only', name);
+  const manifest = await page.evaluate((k) => window.opfs.manifest(k), normalizeModel(url).key);
+  for (const name of names) assert.equal(manifest.files[name].verified, 'size-only', name);
+  await unload();
+  // Read back from the cache, they still say so.
+  env.models.reset();
+  const cached = await load({ model: url });
+  assertLoaded(cached, models.plain);
+  assert.deepEqual(cached.info.sizeOnly, names);
+  await unload();
+
+  // The test hub publishes checksums: sha256 for the weights, git blob ids for the rest.
+  const hub = await load({ model: 'test-org/cache-api' });
+  assertLoaded(hub, models['cache-api']);
+  assert.deepEqual(hub.info.sizeOnly, []);
+  assert.deepEqual(hub.progress.at(-1).sizeOnly, []);
+  for (const [name, f] of Object.entries(hub.info.files)) {
+    assert.equal(f.verified, name.endsWith('.safetensors') ? 'sha256' : 'git-sha1', name);
+  }
+  await unload();
+  env.models.reset();
+});
+
+test('a 206 without Content-Range, or with one that does not match, is not placed: the file restarts from 0', async () => {
+  for (const badPartial of ['omit', 'claim']) {
+    const url = `${env.models.url}/test-org/partial-206`;
+    const weights = '/test-org/partial-206/model.safetensors';
+    await page.evaluate((m) => window.webqwen.deleteCachedModel(m), url);
+    env.models.reset();
+    // No checksums, so nothing else would notice misplaced bytes; the broken answer is to
+    // the Range request for the weights after their header (`bytes=N-`).
+    env.models.setRules([
+      { path: '*/test-org/partial-206/', noChecksum: true },
+      { path: weights, badPartial, range: '^bytes=[1-9][0-9]*-$', times: 1 },
+    ]);
+    const result = await load({ model: url });
+    assertLoaded(result, models['partial-206']);
+    assert.equal(result.info.engine.received['model.safetensors'].restarts, 1, badPartial);
+    assert.equal(ranges(env.models, weights).at(-1), null, 'then asked for the whole file');
+    assert.ok(env.logs.some((l) => l.includes('downloading whole files from now on')));
+    const stored = await page.evaluate((k) => window.opfs.fileInfo(k, 'model.safetensors'), normalizeModel(url).key);
+    assert.equal(stored.sha256, models['partial-206']['model.safetensors'].sha256, badPartial);
+    await unload();
+  }
+  env.models.reset();
 });

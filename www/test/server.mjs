@@ -6,15 +6,21 @@
 //   `/api/models/<owner>/<name>/tree/<rev>` listing it, as the Hugging Face hub does;
 // - single-range requests (206, Content-Range; 416 past the end);
 // - ETag = the file's sha256 (hex, quoted); *.safetensors also get X-Linked-Etag and
-//   X-Linked-Size like hub LFS files; CORS with the needed headers exposed;
+//   X-Linked-Size like hub LFS files; other files under `/resolve/` get the git blob id as
+//   their ETag, as on the hub, and the tree API lists the git blob id (`oid`) of those and
+//   the sha256 (`lfs.oid`) of *.safetensors; CORS with the needed headers exposed;
 // - counts requests per path: GET /__stats -> {paths: {path: {GET, HEAD, OPTIONS, ranges}}};
 //   GET|POST /__reset clears the counts and the rules;
 // - misbehaves on request, for resume tests: POST /__config {rules: [{path, range?, times?,
-//   and one of status | ignoreRange | cutAfter | bytesPerSecond}]}, or ?cut=N on one
-//   request. `path` is exact, or a substring when it starts with '*'; `range` a regexp the
-//   Range header must match. `cutAfter` sends N body bytes of a longer response and then
-//   drops the connection; `status` answers with that status; `ignoreRange` answers 200
-//   with the whole file; `times` limits a rule to the next N requests it applies to.
+//   and one of status | ignoreRange | cutAfter | bytesPerSecond | noChecksum | badPartial}]},
+//   or ?cut=N on one request. `path` is exact, or a substring when it starts with '*';
+//   `range` a regexp the Range header must match. `cutAfter` sends N body bytes of a longer
+//   response and then drops the connection; `status` answers with that status;
+//   `ignoreRange` answers 200 with the whole file; `noChecksum` states no checksum at all
+//   (no ETag, X-Linked-Etag, tree oids), like a plain static server without ETags;
+//   `badPartial` answers a Range request with 206 but the whole file from byte 0 and
+//   'omit': no Content-Range, or 'claim': a Content-Range claiming the requested range;
+//   `times` limits a rule to the next N requests it applies to.
 //
 // CLI: node server.mjs --root DIR [--port 0] [--mount /pkg/=DIR]...   (prints the URL)
 
@@ -40,15 +46,25 @@ const MIME = {
   '.txt': 'text/plain; charset=utf-8',
 };
 
-const hashCache = new Map(); // path -> {key, sha256}
+const hashCache = new Map(); // path -> {key, sha256, gitOid}
 
-function sha256Of(file, stat) {
+function hashesOf(file, stat) {
   const key = `${stat.size}:${stat.mtimeMs}`;
   const hit = hashCache.get(file);
-  if (hit?.key === key) return hit.sha256;
-  const sha256 = crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
-  hashCache.set(file, { key, sha256 });
-  return sha256;
+  if (hit?.key === key) return hit;
+  const bytes = fs.readFileSync(file);
+  const entry = {
+    key,
+    sha256: crypto.createHash('sha256').update(bytes).digest('hex'),
+    // What git (and so the hub) names a file by: sha1 of "blob <length>\0" + the bytes.
+    gitOid: crypto.createHash('sha1').update(`blob ${bytes.length}\0`).update(bytes).digest('hex'),
+  };
+  hashCache.set(file, entry);
+  return entry;
+}
+
+function sha256Of(file, stat) {
+  return hashesOf(file, stat).sha256;
 }
 
 export async function startServer({ root, mounts = {}, port = 0, host = '127.0.0.1', quiet = true } = {}) {
@@ -119,7 +135,7 @@ export async function startServer({ root, mounts = {}, port = 0, host = '127.0.0
     });
   }
 
-  function treeListing(res, owner, name) {
+  function treeListing(res, owner, name, noChecksum) {
     const dir = safeJoin(root, `${owner}/${name}`);
     if (!dir || !fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return json(res, 404, { error: 'Repository not found' });
     const out = [];
@@ -127,8 +143,10 @@ export async function startServer({ root, mounts = {}, port = 0, host = '127.0.0
       if (!entry.isFile()) continue;
       const full = path.join(dir, entry.name);
       const stat = fs.statSync(full);
-      const item = { type: 'file', path: entry.name, size: stat.size, oid: crypto.createHash('sha1').update(entry.name).digest('hex') };
-      if (entry.name.endsWith('.safetensors')) item.lfs = { oid: sha256Of(full, stat), size: stat.size, pointerSize: 134 };
+      const item = { type: 'file', path: entry.name, size: stat.size };
+      // (for LFS files the hub's `oid` is the pointer file's git id: not the file's)
+      if (!noChecksum) item.oid = entry.name.endsWith('.safetensors') ? '0'.repeat(40) : hashesOf(full, stat).gitOid;
+      if (entry.name.endsWith('.safetensors')) item.lfs = { size: stat.size, pointerSize: 134, ...(noChecksum ? {} : { oid: sha256Of(full, stat) }) };
       out.push(item);
     }
     return json(res, 200, out);
@@ -160,8 +178,9 @@ export async function startServer({ root, mounts = {}, port = 0, host = '127.0.0
       res.writeHead(405);
       return res.end();
     }
+    const noChecksum = Boolean(takeRule(urlPath, req, (r) => r.noChecksum));
     const tree = /^\/api\/models\/([^/]+)\/([^/]+)\/tree\/[^/]+$/.exec(urlPath);
-    if (tree) return treeListing(res, tree[1], tree[2]);
+    if (tree) return treeListing(res, tree[1], tree[2], noChecksum);
 
     const statusRule = takeRule(urlPath, req, (r) => r.status != null);
     if (statusRule) {
@@ -189,17 +208,17 @@ export async function startServer({ root, mounts = {}, port = 0, host = '127.0.0
     }
 
     const size = stat.size;
-    const sha256 = sha256Of(file, stat);
+    const { sha256, gitOid } = hashesOf(file, stat);
     const headers = {
       'Content-Type': MIME[path.extname(file)] ?? 'application/octet-stream',
       'Accept-Ranges': 'bytes',
-      ETag: `"${sha256}"`,
       // Revalidate every time: the tests change files between runs, and the app's own
       // service worker is what should make it work offline, not the HTTP cache.
       'Cache-Control': 'no-cache',
     };
+    if (!noChecksum) headers.ETag = `"${urlPath.includes('/resolve/') && !file.endsWith('.safetensors') ? gitOid : sha256}"`;
     if (file.endsWith('.safetensors')) {
-      headers['X-Linked-Etag'] = `"${sha256}"`;
+      if (!noChecksum) headers['X-Linked-Etag'] = `"${sha256}"`;
       headers['X-Linked-Size'] = String(size);
     }
     if (path.basename(file) === 'sw.js') headers['Service-Worker-Allowed'] = '/';
@@ -208,7 +227,15 @@ export async function startServer({ root, mounts = {}, port = 0, host = '127.0.0
     let end = size - 1;
     let status = 200;
     const range = req.headers.range;
-    if (range && !takeRule(urlPath, req, (r) => r.ignoreRange)) {
+    const badPartial = range ? takeRule(urlPath, req, (r) => r.badPartial)?.badPartial : null;
+    if (badPartial) {
+      // A broken proxy: "206" over the whole file.
+      status = 206;
+      if (badPartial === 'claim') {
+        const m = /^bytes=(\d+)-(\d*)$/.exec(range.trim());
+        headers['Content-Range'] = `bytes ${m?.[1] ?? 0}-${m?.[2] || size - 1}/${size}`;
+      }
+    } else if (range && !takeRule(urlPath, req, (r) => r.ignoreRange)) {
       const m = /^bytes=(\d*)-(\d*)$/.exec(range.trim());
       if (!m || (m[1] === '' && m[2] === '')) {
         res.writeHead(416, { 'Content-Range': `bytes */${size}` });

@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { normalizeModel, safeName, parseSha256 } from '../pkg-src/cache.js';
+import { normalizeModel, normalizeEndpoint, safeName, parseSha256 } from '../pkg-src/cache.js';
 import { toWire, fromWire, normalizeError, QuotaExceededError, LimitsTooSmallError, WebQwenError, AbortError } from '../pkg-src/errors.js';
 import { Sha256 } from './mock-wasm/webqwen_wasm.js';
 
@@ -13,13 +13,35 @@ test('model ids: hub repos and URLs', () => {
   assert.equal(hub.id, 'Qwen/Qwen3-0.6B-MLX-4bit');
   assert.equal(hub.baseUrl, 'https://huggingface.co/Qwen/Qwen3-0.6B-MLX-4bit/resolve/main/');
   assert.equal(hub.apiUrl, 'https://huggingface.co/api/models/Qwen/Qwen3-0.6B-MLX-4bit/tree/main');
-  assert.equal(hub.key, 'Qwen~2fQwen3-0.6B-MLX-4bit');
+  assert.equal(hub.key, 'Qwen~2fQwen3-0.6B-MLX-4bit', 'the default endpoint keeps the key of earlier versions');
+  assert.deepEqual([hub.endpoint, hub.origin, hub.official], ['https://huggingface.co', 'https://huggingface.co', true]);
   const mirror = normalizeModel('Qwen/Qwen3-0.6B-MLX-4bit', { endpoint: 'https://mirror.example/' });
   assert.equal(mirror.baseUrl, 'https://mirror.example/Qwen/Qwen3-0.6B-MLX-4bit/resolve/main/');
-  assert.equal(mirror.key, hub.key, 'a mirror shares the cache');
+  assert.deepEqual([mirror.endpoint, mirror.origin, mirror.official], ['https://mirror.example', 'https://mirror.example', false]);
+  assert.notEqual(mirror.key, hub.key, 'another endpoint is another cache entry');
+  assert.equal(mirror.key, 'Qwen~2fQwen3-0.6B-MLX-4bit~40https~3a~2f~2fmirror.example');
+  // Spellings of the default endpoint are the default endpoint.
+  for (const ep of ['https://huggingface.co/', 'https://HuggingFace.co', 'https://huggingface.co:443', undefined, null, '']) {
+    assert.equal(normalizeModel('Qwen/Qwen3-0.6B-MLX-4bit', { endpoint: ep }).key, hub.key, String(ep));
+  }
+  // Other ports, schemes, paths and hosts are other sources.
+  const keys = new Set([hub.key, mirror.key]);
+  for (const ep of ['http://huggingface.co', 'https://huggingface.co:8443', 'https://huggingface.co/mirror', 'https://huggingface.co.evil.example']) {
+    const other = normalizeModel('Qwen/Qwen3-0.6B-MLX-4bit', { endpoint: ep });
+    assert.equal(other.official, false, ep);
+    assert.ok(!keys.has(other.key), ep);
+    keys.add(other.key);
+  }
+  // A URL model whose text resembles a mirror key is not one.
+  assert.notEqual(normalizeModel('https://mirror.example/Qwen/Qwen3-0.6B-MLX-4bit').key, mirror.key);
+  for (const bad of ['mirror.example', 'ftp://mirror.example', 'javascript:alert(1)']) {
+    assert.throws(() => normalizeEndpoint(bad), TypeError, bad);
+    assert.throws(() => normalizeModel('Qwen/Qwen3-0.6B-MLX-4bit', { endpoint: bad }), TypeError, bad);
+  }
 
   const url = normalizeModel('https://host.example/models/q3?x=1#y');
   assert.deepEqual([url.kind, url.id, url.baseUrl, url.apiUrl], ['url', 'https://host.example/models/q3', 'https://host.example/models/q3/', null]);
+  assert.deepEqual([url.endpoint, url.origin, url.official], [null, 'https://host.example', false]);
   assert.equal(normalizeModel('https://host.example/models/q3/').key, url.key);
   const rel = normalizeModel('./models/q3', { base: 'http://localhost:8080/app/index.html' });
   assert.equal(rel.baseUrl, 'http://localhost:8080/app/models/q3/');
