@@ -126,6 +126,8 @@ pub struct Segment {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Where the template came from (`chat_template.jinja`, ...), for errors.
+    name: String,
     /// Special-token strings to neutralize in caller text (longest first).
     specials: Vec<String>,
     bos_token: Option<String>,
@@ -142,6 +144,17 @@ impl std::fmt::Debug for ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Templates come with a model, from wherever it was downloaded: rendering is bounded so that
+/// none can hang, exhaust memory or abort the process. minijinja's fuel charges every
+/// instruction and every byte a template creates (one fuel pays for one instruction or 64
+/// bytes), so this bounds both time (a few hundred milliseconds) and memory (about 128 MiB).
+/// Qwen3's template spends about 95 fuel per KiB of conversation (measured on the test
+/// `real_template_fits_the_bounds`), so a conversation as long as `MAX_RENDER_BYTES` uses 5% of it.
+pub const RENDER_FUEL: u64 = 2_000_000;
+/// The largest rendered prompt: 1 MiB is about 250 000 tokens, beyond any Qwen3 context.
+pub const MAX_RENDER_BYTES: usize = 1 << 20;
+/// The largest `tojson(indent=...)`: templates use 2 or 4.
+pub const MAX_TOJSON_INDENT: usize = 16;
 /// Neutralized in caller text even without a tokenizer: any `<|...|>` special
 /// token contains both, so escaping them (and fragments of them at the edges of
 /// a value) keeps such tokens from forming. Escaping never changes the
@@ -165,8 +178,9 @@ impl ChatTemplate {
         env.set_syntax(syntax);
         // Python string/dict/list methods (.strip, .split, .startswith, .items, ...).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        // Sandbox: no loader (no includes from disk), bounded recursion.
+        // Sandbox: no loader (no includes from disk), bounded recursion, work and memory.
         env.set_recursion_limit(128);
+        env.set_fuel(Some(RENDER_FUEL));
         env.add_function("raise_exception", raise_exception);
         // Python's json.dumps(ensure_ascii=False): minijinja's own tojson
         // HTML-escapes `<`, `>`, `&`, `'`, which would change the prompt.
@@ -175,11 +189,18 @@ impl ChatTemplate {
             .map_err(template_error)?;
         let t = Self {
             env,
+            name: TEMPLATE_NAME.to_string(),
             specials: Vec::new(),
             bos_token: None,
             eos_token: None,
         };
         Ok(t.with_special_tokens(&DEFAULT_MARKERS.map(String::from)))
+    }
+
+    /// Name the template in errors by where it came from (a file name).
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// Also neutralize these strings in caller text.
@@ -279,7 +300,29 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(template_error)?;
-        let rendered = tmpl.render(ctx).map_err(template_error)?;
+        let mut out = CappedOutput::default();
+        let result = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
+        if out.overflow {
+            return Err(TextError::Template(format!(
+                "{}: the rendered prompt exceeds {} bytes; shorten the conversation",
+                self.name, MAX_RENDER_BYTES
+            )));
+        }
+        match result {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(TextError::Template(format!(
+                    "{}: rendering stopped after {RENDER_FUEL} units of work (a loop that does not end, or \
+                     strings or lists grown beyond about {} MiB); this template cannot be used",
+                    self.name,
+                    RENDER_FUEL * 64 >> 20
+                )))
+            }
+            Err(e) => return Err(TextError::Template(format!("{}: {}", self.name, error_text(&e)))),
+        }
+        let rendered = String::from_utf8(out.bytes).map_err(|_| {
+            TextError::Template(format!("{}: rendered text is not UTF-8", self.name))
+        })?;
         Ok(esc.restore(&rendered))
     }
 
@@ -312,14 +355,40 @@ impl Tokenizer {
 }
 
 fn template_error(e: Error) -> TextError {
-    // Display of a minijinja error includes the template name and line.
+    TextError::Template(error_text(&e))
+}
+
+/// A minijinja error with its causes (its Display includes the line).
+fn error_text(e: &Error) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         msg.push_str(&format!(": {s}"));
         source = s.source();
     }
-    TextError::Template(msg)
+    msg
+}
+
+/// The render target: refuses to grow past `MAX_RENDER_BYTES`.
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflow: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_RENDER_BYTES {
+            self.overflow = true;
+            return Err(std::io::Error::other("rendered prompt too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
@@ -571,6 +640,12 @@ fn py_tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
         Some(v) if v.is_none() => None,
         Some(v) => Some(usize::try_from(v)?),
     };
+    if indent.is_some_and(|n| n > MAX_TOJSON_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent {} is larger than {MAX_TOJSON_INDENT}", indent.unwrap_or(0)),
+        ));
+    }
     let mut out = String::new();
     write_json(&mut out, value, indent, 0, sort_keys.unwrap_or(false))?;
     Ok(Value::from_safe_string(out))
@@ -590,6 +665,12 @@ fn write_json(
             out.extend(std::iter::repeat_n(' ', n * level));
         }
     };
+    if out.len() > MAX_RENDER_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the output exceeds {MAX_RENDER_BYTES} bytes"),
+        ));
+    }
     // Python: item separator ", " without indent, "," with indent.
     let item_sep = if indent.is_some() { "," } else { ", " };
     match v.kind() {
@@ -1285,6 +1366,63 @@ mod tests {
             ChatTemplate::new("{% include '/etc/passwd' %}"),
             Err(TextError::Template(_))
         ));
+    }
+
+    /// Templates that would hang, exhaust memory or abort end with a clear error that names the
+    /// template, quickly.
+    #[test]
+    fn hostile_templates_are_bounded() {
+        let cases: [(&str, &str); 6] = [
+            // a loop of 10^10 iterations
+            ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "units of work"),
+            // a string doubled 64 times (2^64 bytes)
+            ("{% set ns = namespace(s='xx') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}", "units of work"),
+            // output grown by a loop past the 1 MiB cap
+            ("{% for i in range(20000) %}{{ 'x' * 100 }}{% endfor %}", "exceeds 1048576 bytes"),
+            // a huge tojson indent (Python would try to allocate it)
+            ("{{ messages|tojson(indent=1000000000000) }}", "indent"),
+            // a huge indent filter width
+            ("{{ 'a\nb'|indent(1000000000000) }}", "units of work"),
+            // repeated replace growth
+            ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s.replace('', ns.s) %}{% endfor %}", "units of work"),
+        ];
+        for (src, expect) in cases {
+            let tmpl = ChatTemplate::new(src).unwrap().named("evil.jinja");
+            let t0 = std::time::Instant::now();
+            match tmpl.render(&[Message::user("hi")], &RenderOptions::default()) {
+                Err(TextError::Template(m)) => {
+                    assert!(m.contains("evil.jinja") && m.contains(expect), "{src}: {m}")
+                }
+                other => panic!("{src}: {other:?}"),
+            }
+            assert!(t0.elapsed().as_secs_f64() < 10.0, "{src} took {:?}", t0.elapsed());
+        }
+    }
+
+    /// The bounds leave real conversations room: Qwen3's own template with tools renders a
+    /// conversation of nearly `MAX_RENDER_BYTES` well within the fuel.
+    #[test]
+    fn real_template_fits_the_bounds() {
+        let Some((tok, tmpl)) = qwen() else { return };
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "f", "description": "d",
+            "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}}]);
+        let turn = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(150); // ~8.5 KB
+        let mut messages = vec![Message::system("You are helpful.")];
+        for i in 0..58 {
+            messages.push(Message::user(format!("{i} {turn}")));
+            let mut a = Message::assistant(format!("<think>\nhmm\n</think>\n\n{turn}"));
+            a.reasoning_content = None;
+            messages.push(a);
+        }
+        messages.push(Message::user("last"));
+        let opts = RenderOptions { add_generation_prompt: true, enable_thinking: Some(true), tools: Some(tools) };
+        let text = tmpl.render_text(&messages, &opts).unwrap();
+        assert!(text.len() > MAX_RENDER_BYTES * 9 / 10, "{}", text.len());
+        // ... with a tenth of the fuel, too
+        let mut lean = ChatTemplate::for_tokenizer(&ChatTemplate::source_from_tokenizer_config(
+            &std::fs::read(fixtures().join("tokenizer/tokenizer_config.json")).unwrap()).unwrap(), &tok).unwrap();
+        lean.env.set_fuel(Some(RENDER_FUEL / 10));
+        assert_eq!(lean.render_text(&messages, &opts).unwrap(), text);
     }
 
     #[test]

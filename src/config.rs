@@ -64,30 +64,63 @@ impl QuantConfig {
     }
 }
 
+/// config.json as written: every number is read as JSON gives it (u64 / f64), so nothing is
+/// truncated or rounded before it is checked.
 #[derive(Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: Option<usize>,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: Option<f32>,
-    rope_theta: Option<f32>,
-    max_position_embeddings: Option<usize>,
+    vocab_size: u64,
+    hidden_size: u64,
+    intermediate_size: Option<u64>,
+    num_hidden_layers: u64,
+    num_attention_heads: u64,
+    num_key_value_heads: Option<u64>,
+    head_dim: Option<u64>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    max_position_embeddings: Option<u64>,
     tie_word_embeddings: Option<bool>,
     eos_token_id: Option<Value>,
-    num_experts: Option<usize>,
-    num_experts_per_tok: Option<usize>,
-    moe_intermediate_size: Option<usize>,
+    num_experts: Option<u64>,
+    num_experts_per_tok: Option<u64>,
+    moe_intermediate_size: Option<u64>,
     norm_topk_prob: Option<bool>,
-    decoder_sparse_step: Option<usize>,
-    mlp_only_layers: Option<Vec<usize>>,
+    decoder_sparse_step: Option<u64>,
+    mlp_only_layers: Option<Vec<u64>>,
     quantization: Option<Value>,
     quantization_config: Option<Value>,
     rope_scaling: Option<Value>,
+}
+
+/// What webqwen accepts of each size in config.json: every real Qwen3 (up to the 235B MoE) fits
+/// with room to spare, and within these bounds every buffer size and offset the engine computes
+/// fits a u64 (and a u32 where the shaders need one) without overflow.
+pub mod limits {
+    pub const VOCAB: u64 = 1 << 21;
+    pub const HIDDEN: u64 = 1 << 16;
+    pub const INTERMEDIATE: u64 = 1 << 18;
+    pub const LAYERS: u64 = 1024;
+    pub const HEADS: u64 = 1024;
+    pub const HEAD_DIM: u64 = 256;
+    pub const POSITIONS: u64 = 1 << 24;
+    pub const EXPERTS: u64 = 512;
+    pub const EXPERTS_PER_TOKEN: u64 = 16;
+}
+
+/// `name` must be in `1..=max`.
+fn size_field(name: &str, v: u64, max: u64) -> Result<usize> {
+    if v == 0 || v > max {
+        return Err(Error::Config(format!("config.json: {name} is {v}; webqwen accepts 1 to {max}")));
+    }
+    Ok(v as usize)
+}
+
+/// `name` must be finite and in `(0, max]` (written as an f32 into the shaders).
+fn positive_float(name: &str, v: f64, max: f64) -> Result<f32> {
+    if !(v.is_finite() && v > 0.0 && v <= max) {
+        return Err(Error::Config(format!("config.json: {name} is {v}; it must be a positive number up to {max:e}")));
+    }
+    Ok(v as f32)
 }
 
 impl ModelConfig {
@@ -103,70 +136,92 @@ impl ModelConfig {
         if let Some(scaling) = raw.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             return Err(bad(format!("config.json: rope_scaling {scaling} is not supported yet")));
         }
-        let num_heads = raw.num_attention_heads;
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
-        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+        let vocab_size = size_field("vocab_size", raw.vocab_size, limits::VOCAB)?;
+        let hidden_size = size_field("hidden_size", raw.hidden_size, limits::HIDDEN)?;
+        let num_layers = size_field("num_hidden_layers", raw.num_hidden_layers, limits::LAYERS)?;
+        let num_heads = size_field("num_attention_heads", raw.num_attention_heads, limits::HEADS)?;
+        let num_kv_heads =
+            size_field("num_key_value_heads", raw.num_key_value_heads.unwrap_or(num_heads as u64), limits::HEADS)?;
+        if num_heads % num_kv_heads != 0 {
             return Err(bad(format!(
                 "config.json: num_attention_heads {num_heads} must be a positive multiple of num_key_value_heads {num_kv_heads}"
             )));
         }
-        let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / num_heads);
-        if head_dim == 0 || head_dim % 2 != 0 || head_dim > 256 {
-            return Err(bad(format!("config.json: head_dim {head_dim} must be even and at most 256")));
+        let head_dim = raw.head_dim.unwrap_or((hidden_size / num_heads) as u64);
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > limits::HEAD_DIM {
+            return Err(bad(format!("config.json: head_dim {head_dim} must be even and at most {}", limits::HEAD_DIM)));
         }
-        let eos_token_ids = match raw.eos_token_id {
-            Some(Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
-            _ => Vec::new(),
+        let intermediate_size = match raw.intermediate_size {
+            Some(n) => size_field("intermediate_size", n, limits::INTERMEDIATE)?,
+            None => 0,
         };
+        let eos_ids: Vec<u64> = match raw.eos_token_id {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64()).collect::<Option<_>>().unwrap_or_else(|| vec![u64::MAX]),
+            Some(v) => vec![v.as_u64().unwrap_or(u64::MAX)],
+        };
+        if let Some(bad_id) = eos_ids.iter().find(|&&id| id >= vocab_size as u64) {
+            let shown = if *bad_id == u64::MAX { "not a token id".to_string() } else { bad_id.to_string() };
+            return Err(bad(format!("config.json: eos_token_id {shown} is outside the vocabulary (vocab_size {vocab_size})")));
+        }
         let moe = match raw.num_experts.unwrap_or(0) {
             0 => None,
-            num_experts => Some(MoeConfig {
-                num_experts,
-                num_experts_per_tok: raw.num_experts_per_tok.unwrap_or(8),
-                moe_intermediate_size: raw
+            num_experts => {
+                let experts = raw.num_experts_per_tok.unwrap_or(8);
+                if num_experts > limits::EXPERTS || experts == 0 || experts > limits::EXPERTS_PER_TOKEN.min(num_experts) {
+                    return Err(bad(format!(
+                        "config.json: {num_experts} experts with {experts} per token is not supported (webqwen routes up to \
+                         {} experts, 1 to {} per token)",
+                        limits::EXPERTS,
+                        limits::EXPERTS_PER_TOKEN
+                    )));
+                }
+                let inter = raw
                     .moe_intermediate_size
-                    .ok_or_else(|| bad("config.json: num_experts set but moe_intermediate_size missing".into()))?,
-                norm_topk_prob: raw.norm_topk_prob.unwrap_or(false),
-                decoder_sparse_step: raw.decoder_sparse_step.unwrap_or(1).max(1),
-                mlp_only_layers: raw.mlp_only_layers.unwrap_or_default(),
-            }),
-        };
-        if let Some(m) = &moe {
-            // The routing kernel keeps every expert's probability in workgroup memory.
-            if m.num_experts > 512 || m.num_experts_per_tok == 0 || m.num_experts_per_tok > 16.min(m.num_experts) {
-                return Err(bad(format!(
-                    "config.json: {} experts with {} per token is not supported (webqwen routes up to 512 experts, \
-                     1 to 16 per token)",
-                    m.num_experts, m.num_experts_per_tok
-                )));
+                    .ok_or_else(|| bad("config.json: num_experts set but moe_intermediate_size missing".into()))?;
+                Some(MoeConfig {
+                    num_experts: num_experts as usize,
+                    num_experts_per_tok: experts as usize,
+                    moe_intermediate_size: size_field("moe_intermediate_size", inter, limits::INTERMEDIATE)?,
+                    norm_topk_prob: raw.norm_topk_prob.unwrap_or(false),
+                    decoder_sparse_step: raw.decoder_sparse_step.unwrap_or(1).clamp(1, limits::LAYERS) as usize,
+                    mlp_only_layers: raw
+                        .mlp_only_layers
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|&l| l < num_layers as u64)
+                        .map(|l| l as usize)
+                        .collect(),
+                })
             }
-        }
+        };
         let quant_value = raw.quantization.or(raw.quantization_config).filter(|v| !v.is_null());
         let quantization = quant_value.map(|v| parse_quantization(&v)).transpose()?;
-        let cfg = ModelConfig {
+        let config = ModelConfig {
             model_type,
-            vocab_size: raw.vocab_size,
-            hidden_size: raw.hidden_size,
-            intermediate_size: raw.intermediate_size.unwrap_or(0),
-            num_layers: raw.num_hidden_layers,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_layers,
             num_heads,
             num_kv_heads,
-            head_dim,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: raw.rope_theta.unwrap_or(1_000_000.0),
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(40960),
+            head_dim: head_dim as usize,
+            rms_norm_eps: positive_float("rms_norm_eps", raw.rms_norm_eps.unwrap_or(1e-6), 0.5)?,
+            rope_theta: positive_float("rope_theta", raw.rope_theta.unwrap_or(1_000_000.0), 1e15)?,
+            max_position_embeddings: size_field(
+                "max_position_embeddings",
+                raw.max_position_embeddings.unwrap_or(40960),
+                limits::POSITIONS,
+            )?,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            eos_token_ids,
+            eos_token_ids: eos_ids.into_iter().map(|id| id as u32).collect(),
             moe,
             quantization,
         };
-        for (name, v) in [("hidden_size", cfg.hidden_size), ("vocab_size", cfg.vocab_size), ("num_hidden_layers", cfg.num_layers)] {
-            if v == 0 {
-                return Err(bad(format!("config.json: {name} must be positive")));
-            }
+        if config.intermediate_size == 0 && (0..num_layers).any(|l| !config.is_moe_layer(l)) {
+            return Err(bad("config.json: intermediate_size is missing (the model has dense MLP layers)".into()));
         }
-        Ok(cfg)
+        Ok(config)
     }
 
     /// Whether decoder layer `layer` uses the sparse MoE block (mlx-lm's rule).
@@ -189,9 +244,13 @@ fn parse_quantization(v: &Value) -> Result<QuantConfig> {
         }
     }
     let params = |o: &serde_json::Map<String, Value>, what: &str| -> Result<QuantParams> {
-        let bits = o.get("bits").and_then(|b| b.as_u64()).ok_or_else(|| bad(format!("{what}: missing bits")))? as u32;
-        let group_size =
-            o.get("group_size").and_then(|b| b.as_u64()).ok_or_else(|| bad(format!("{what}: missing group_size")))? as u32;
+        let number = |key: &str| -> Result<u32> {
+            let v = o.get(key).ok_or_else(|| bad(format!("{what}: missing {key}")))?;
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad(format!("{what}: {key} {v} is not a supported value")))
+        };
+        let (bits, group_size) = (number("bits")?, number("group_size")?);
         if let Some(mode) = o.get("mode").and_then(|m| m.as_str()) {
             if mode != "affine" {
                 return Err(bad(format!("{what}: mode {mode:?} is not supported (only \"affine\")")));
@@ -258,7 +317,7 @@ mod tests {
     fn moe_layer_rule_matches_mlx_lm() {
         let cfg = ModelConfig::from_json(
             r#"{"model_type":"qwen3_moe","vocab_size":10,"hidden_size":64,"num_hidden_layers":4,"num_attention_heads":2,
-            "num_experts":8,"num_experts_per_tok":2,"moe_intermediate_size":32,"decoder_sparse_step":2,"mlp_only_layers":[3]}"#,
+            "intermediate_size":128,"num_experts":8,"num_experts_per_tok":2,"moe_intermediate_size":32,"decoder_sparse_step":2,"mlp_only_layers":[3]}"#,
         )
         .unwrap();
         let moe: Vec<bool> = (0..4).map(|l| cfg.is_moe_layer(l)).collect();

@@ -19,14 +19,24 @@ pub struct LoadOptions {
     pub model: ModelOptions,
 }
 
-/// A model whose GPU buffers exist and whose weights are arriving.
+/// A model whose GPU buffers and pipelines exist and whose weights are arriving.
 pub struct Loading {
-    pub model: Qwen3,
+    parts: Parts,
     sink: load::WeightSink,
-    sample_vocab: usize,
+}
+
+/// Everything of an engine but its weights' contents.
+struct Parts {
+    model: Qwen3,
+    sampler: GpuSampler,
+    readback: [wgpu::Buffer; 2],
 }
 
 impl Loading {
+    pub fn model(&self) -> &Qwen3 {
+        &self.parts.model
+    }
+
     /// Bytes `offset ..` of weight file `file` (index order); each file's chunks in order, any
     /// sizes, header bytes included or not.
     pub fn write(&mut self, file: usize, offset: u64, bytes: &[u8]) -> Result<()> {
@@ -41,7 +51,7 @@ impl Loading {
     /// Check every tensor arrived whole; the engine is then ready.
     pub fn finish(self) -> Result<Engine> {
         self.sink.finish()?;
-        Ok(Engine::assemble(self.model, self.sample_vocab))
+        Ok(Engine::assemble(self.parts))
     }
 }
 
@@ -57,15 +67,40 @@ pub struct Generation {
     pub decode_seconds: f64,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StopReason {
+    /// `max_tokens` reached.
     #[default]
     Length,
     Eos,
     /// The caller's callback asked to stop (stop string, Ctrl-C, abort signal).
+    #[serde(rename = "stop")]
     Caller,
     /// The context (KV cache) is full.
     Context,
+}
+
+impl StopReason {
+    /// The name in JSON output: "length", "eos", "stop" or "context".
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Length => "length",
+            StopReason::Eos => "eos",
+            StopReason::Caller => "stop",
+            StopReason::Context => "context",
+        }
+    }
+
+    /// What a person reads: why the answer ended.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Length => "length limit reached",
+            StopReason::Eos => "end of answer",
+            StopReason::Caller => "stopped",
+            StopReason::Context => "context full",
+        }
+    }
 }
 
 /// Per-token costs, counted where they happen (reported by `bench`).
@@ -106,44 +141,49 @@ impl Engine {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Engine> {
-        let Loading { model, sink, sample_vocab } = Engine::prepare(config, index, sample_vocab, opts).await?;
+        let Loading { parts, sink } = Engine::prepare(config, index, sample_vocab, opts).await?;
         load::stream_weights(sink, source, progress)?;
-        Ok(Engine::assemble(model, sample_vocab))
+        Ok(Engine::assemble(parts))
     }
 
-    /// Open the GPU and allocate the model; its weights then arrive through `Loading::write`
-    /// (the browser pushes fetch-stream chunks there).
+    /// Open the GPU, allocate the model and build every pipeline; its weights then arrive
+    /// through `Loading::write` (the browser pushes fetch-stream chunks there). GPU errors
+    /// (out of memory, a rejected shader) come back as `Error::Gpu`.
     pub async fn prepare(config: ModelConfig, index: &WeightIndex, sample_vocab: usize, opts: &LoadOptions) -> Result<Loading> {
         let gpu = Gpu::new(&opts.gpu).await?;
-        let model = Qwen3::new(gpu.clone(), config, index, &opts.model)?;
-        let (dests, norms) = model.weight_routes();
+        let parts = gpu
+            .scoped("allocating the model", || {
+                let model = Qwen3::new(gpu.clone(), config, index, &opts.model)?;
+                let vocab = model.config.vocab_size as u32;
+                let sampler = GpuSampler::new(
+                    &gpu.device,
+                    model.logits_buffer(),
+                    vocab,
+                    (sample_vocab as u32).min(vocab),
+                    &model.step,
+                    model.token_buffer(),
+                    0,
+                    SamplerCaps { subgroups: gpu.has_subgroups },
+                );
+                let rb = |label| {
+                    gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(label),
+                        size: 4,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                };
+                Ok(Parts { model, sampler, readback: [rb("token readback 0"), rb("token readback 1")] })
+            })
+            .await?;
+        let (dests, norms) = parts.model.weight_routes();
         let sink = load::WeightSink::new(gpu, index, &dests, norms)?;
-        Ok(Loading { model, sink, sample_vocab })
+        Ok(Loading { parts, sink })
     }
 
-    fn assemble(model: Qwen3, sample_vocab: usize) -> Engine {
-        let gpu = model.gpu.clone();
-        let vocab = model.config.vocab_size as u32;
-        let sampler = GpuSampler::new(
-            &gpu.device,
-            model.logits_buffer(),
-            vocab,
-            (sample_vocab as u32).min(vocab),
-            &model.step,
-            model.token_buffer(),
-            0,
-            SamplerCaps { subgroups: gpu.has_subgroups },
-        );
-        let rb = |i: usize| {
-            gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(if i == 0 { "token readback 0" } else { "token readback 1" }),
-                size: 4,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-        let readback = [rb(0), rb(1)];
-        Engine { gpu, model, sampler, readback, cached: Vec::new(), counters: Counters::default() }
+    fn assemble(parts: Parts) -> Engine {
+        let Parts { model, sampler, readback } = parts;
+        Engine { gpu: model.gpu.clone(), model, sampler, readback, cached: Vec::new(), counters: Counters::default() }
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -245,6 +285,22 @@ impl Engine {
     /// returns false to stop. Stops by itself on `eos` ids (the eos token is returned), after
     /// `max_tokens`, or when the context is full.
     pub async fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        max_tokens: usize,
+        eos: &[u32],
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Generation> {
+        let result = self.generate_inner(prompt, params, max_tokens, eos, on_token).await;
+        if result.is_err() {
+            // What the cache holds is unknown after a failure: the next call starts afresh.
+            self.cached.clear();
+        }
+        result
+    }
+
+    async fn generate_inner(
         &mut self,
         prompt: &[u32],
         params: &SamplingParams,

@@ -54,13 +54,24 @@ impl Session {
         opts: &crate::engine::LoadOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Session> {
+        // Text files of a model: regular files only (a FIFO would block), of sane size.
+        const MAX_TEXT_FILE: u64 = 64 << 20;
         let read = |name: &str| -> Result<Option<String>> {
             let p = dir.join(name);
-            match std::fs::read_to_string(&p) {
-                Ok(s) => Ok(Some(s)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::Io { path: p.display().to_string(), source: e }),
+            let io = |e| Error::Io { path: p.display().to_string(), source: e };
+            let meta = match std::fs::metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(e)),
+            };
+            if !meta.is_file() || meta.len() > MAX_TEXT_FILE {
+                return Err(Error::Config(format!(
+                    "{}: not a regular file of at most {} MiB",
+                    p.display(),
+                    MAX_TEXT_FILE >> 20
+                )));
             }
+            std::fs::read_to_string(&p).map(Some).map_err(io)
         };
         let config_text = read("config.json")?
             .ok_or_else(|| Error::Config(format!("{}: no config.json in this directory", dir.display())))?;
@@ -169,13 +180,15 @@ pub fn text_files(
 ) -> Result<(Tokenizer, Option<ChatTemplate>)> {
     let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), tokenizer_config.map(str::as_bytes))
         .map_err(|e| Error::Text(format!("{origin}tokenizer.json: {e}")))?;
-    let template_src = chat_template.or_else(|| {
-        tokenizer_config
+    let template_src = match chat_template {
+        Some(t) => Some((t, "chat_template.jinja")),
+        None => tokenizer_config
             .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
             .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from))
-    });
+            .map(|t| (t, "tokenizer_config.json")),
+    };
     let template = template_src
-        .map(|t| ChatTemplate::for_tokenizer(&t, &tokenizer))
+        .map(|(t, file)| ChatTemplate::for_tokenizer(&t, &tokenizer).map(|t| t.named(format!("{origin}{file}"))))
         .transpose()
         .map_err(|e| Error::Text(format!("{origin}chat template: {e}")))?;
     Ok((tokenizer, template))

@@ -7,7 +7,7 @@
 //! Without tests/fixtures/models/manifest.json the fixture-based tests print a note and pass,
 //! unless WEBQWEN_REQUIRE_FIXTURES is set (then they fail).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -159,6 +159,11 @@ impl Run {
 
 /// Run the binary with `args`, capturing both streams. Never waits longer than COMMAND_TIMEOUT.
 fn webqwen<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
+    webqwen_with_input(args, None)
+}
+
+/// Like `webqwen`, with `input` on stdin (else stdin is empty).
+fn webqwen_with_input<S: AsRef<std::ffi::OsStr>>(args: &[S], input: Option<&str>) -> Run {
     let exe = env!("CARGO_BIN_EXE_webqwen");
     let cmd = std::iter::once("webqwen".to_string())
         .chain(args.iter().map(|a| {
@@ -174,11 +179,18 @@ fn webqwen<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Run {
         // Never reach for the network: every model here is a local directory.
         .env("HF_HUB_OFFLINE", "1")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("could not start {exe}: {e}"));
+    if let Some(text) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        let text = text.to_string();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(text.as_bytes());
+        });
+    }
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -875,4 +887,138 @@ fn generate_prompt_cannot_inject_special_tokens() {
     let run = webqwen(&["generate", "--model", s(&dir), "--prompt", injection, "--raw", "--max-tokens", "1", "--json"]).ok();
     let v = run.json();
     assert_eq!(v["prompt_tokens"].as_u64(), Some(as_control), "--raw honours special tokens: {v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 9): hostile configs, shard indexes and templates; a chat that survives errors
+// ---------------------------------------------------------------------------------------------
+
+/// Every config value that used to panic, abort, hang or silently compute garbage is refused
+/// with a message that names the field.
+#[test]
+fn bad_config_values_are_refused_by_name() {
+    let Some(dir) = fixture(BASE) else { return };
+    let tmp = copy_model(&dir, "config-values");
+    let original = std::fs::read_to_string(tmp.join("config.json")).unwrap();
+    let cases: [(&str, Value); 11] = [
+        ("hidden_size", serde_json::json!(1u64 << 62)),
+        ("num_hidden_layers", serde_json::json!(1_000_000_000_000u64)),
+        ("vocab_size", serde_json::json!(0)),
+        ("rope_theta", serde_json::json!(1e39)),
+        ("rope_theta", serde_json::json!(0.0)),
+        ("rope_theta", serde_json::json!(-5.0)),
+        ("rms_norm_eps", serde_json::json!(0.0)),
+        ("rms_norm_eps", serde_json::json!(-1e-6)),
+        ("num_key_value_heads", serde_json::json!(1u64 << 40)),
+        ("max_position_embeddings", serde_json::json!(0)),
+        ("eos_token_id", serde_json::json!(1u64 << 33)),
+    ];
+    for (key, value) in cases {
+        std::fs::write(tmp.join("config.json"), &original).unwrap();
+        edit_config(tmp.path(), |c| {
+            c.insert(key.into(), value.clone());
+        });
+        webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+            .fails_with(&["config.json", key]);
+    }
+    // bits of 2^32 + 4 must not be read as 4
+    std::fs::write(tmp.join("config.json"), &original).unwrap();
+    edit_config(tmp.path(), |c| {
+        for key in ["quantization", "quantization_config"] {
+            if let Some(q) = c.get_mut(key) {
+                q["bits"] = ((1u64 << 32) + 4).into();
+            }
+        }
+    });
+    webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+        .fails_with(&["config.json", "bits"]);
+}
+
+/// A shard index can only name plain *.safetensors files beside it: not /etc/passwd, not
+/// `../elsewhere`, and a FIFO (which would block forever) is refused, not opened.
+#[test]
+fn bad_shard_index_names() {
+    let Some(dir) = fixture(BASE) else { return };
+    let tmp = copy_model(&dir, "shard-names");
+    let index = |shard: &str| {
+        let map = serde_json::json!({"metadata": {}, "weight_map": {"model.norm.weight": shard}});
+        std::fs::write(tmp.join("model.safetensors.index.json"), map.to_string()).unwrap();
+    };
+    for shard in ["/etc/passwd", "../../elsewhere.safetensors", "sub/dir.safetensors", "config.json"] {
+        index(shard);
+        let run = webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+            .fails_with(&["model.safetensors.index.json", "plain"]);
+        assert!(!run.stderr.contains("root:"), "the error must not echo another file's bytes: {}", run.describe());
+    }
+    #[cfg(unix)]
+    {
+        let fifo = tmp.join("pipe.safetensors");
+        let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        index("pipe.safetensors");
+        webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+            .fails_with(&["pipe.safetensors", "regular file"]);
+        // A FIFO as config.json, too.
+        std::fs::remove_file(tmp.join("model.safetensors.index.json")).unwrap();
+        std::fs::remove_file(tmp.join("config.json")).unwrap();
+        assert!(Command::new("mkfifo").arg(tmp.join("config.json")).status().unwrap().success());
+        webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+            .fails_with(&["config.json"]);
+    }
+}
+
+/// A chat template that would hang the process is stopped with an error naming its file.
+#[test]
+fn bad_chat_template_loop_is_an_error() {
+    let Some(dir) = fixture(BASE) else { return };
+    let tmp = copy_model(&dir, "template-loop");
+    std::fs::write(
+        tmp.join("chat_template.jinja"),
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    )
+    .unwrap();
+    webqwen(&["generate", "--model", s(tmp.path()), "--prompt", "hi", "--max-tokens", "1"])
+        .fails_with(&["chat_template.jinja", "work"]);
+}
+
+/// `--context 64`: a conversation outgrows the context. The REPL drops the oldest turns with a
+/// visible note instead of exiting; a message that alone does not fit is an error, the
+/// conversation goes on, and the program ends normally at /quit.
+#[test]
+fn chat_survives_a_full_context() {
+    let Some(dir) = fixture(BASE) else { return };
+    let long = "word ".repeat(80);
+    let input = format!("hello there\nhow are you\n{long}\ntell me more\nand then\n/quit\n");
+    let run = webqwen_with_input(
+        &["chat", "--model", s(&dir), "--context", "64", "--temperature", "0", "--max-tokens", "24", "--no-think"],
+        Some(&input),
+    )
+    .ok();
+    assert!(run.stderr.contains("dropped the"), "no note about dropped turns: {}", run.describe());
+    assert!(run.stderr.contains("error:") && run.stderr.contains("/reset"), "{}", run.describe());
+    let answers = run.stderr.matches(" tokens, ").count();
+    assert_eq!(answers, 4, "four of the five messages are answered: {}", run.describe());
+}
+
+#[test]
+fn generate_text_mode_says_why_it_stopped() {
+    let Some(dir) = fixture(BASE) else { return };
+    let run = webqwen(&["generate", "--model", s(&dir), "--token-ids", "1,2,3", "--max-tokens", "2", "--temperature", "0"]).ok();
+    assert!(run.stderr.contains("length limit reached"), "{}", run.describe());
+}
+
+#[test]
+fn logits_out_in_a_missing_directory_fails_before_loading() {
+    let Some(dir) = fixture(BASE) else { return };
+    let tmp = TempDir::new("logits-out");
+    let out = tmp.join("no/such/dir/logits.npy");
+    let run = webqwen(&["logits", "--model", s(&dir), "--token-ids", "1,2,3", "--out", s(&out)]).fails_with(&["no/such/dir"]);
+    assert!(!run.stderr.contains("loading weights"), "{}", run.describe());
+}
+
+#[test]
+fn bench_huge_prompt_tokens_is_an_error() {
+    let Some(dir) = fixture(BASE) else { return };
+    webqwen(&["bench", "--model", s(&dir), "--prompt-tokens", "18446744073709551615", "--gen-tokens", "1"])
+        .fails_with(&["--prompt-tokens"]);
 }

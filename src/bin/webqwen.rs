@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use webqwen::chat::{Message, TextEvent};
-use webqwen::engine::{Engine, LoadOptions, StopReason};
+use webqwen::engine::{Engine, LoadOptions};
 use webqwen::gpu::{Gpu, GpuOptions};
 use webqwen::model::ModelOptions;
 use webqwen::sample::SamplingParams;
@@ -311,9 +311,19 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
             }
             _ => {}
         }
+        let turn_start = history.len();
         history.push(Message::new("user", line));
-        let prompt = session.chat_tokens(&history, thinking, None)?;
         let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens as usize, stop: vec![] };
+        // Leave the answer room: up to a quarter of the context, at least one token.
+        let room = req.max_tokens.min(session.engine.model.context / 4).max(1);
+        let prompt = match fitted_prompt(&session, &mut history, thinking, room) {
+            Ok(p) => p,
+            Err(e) => {
+                history.truncate(turn_start);
+                eprintln!("error: {e:#}\n(this message was not added to the conversation; /reset starts over)");
+                continue;
+            }
+        };
         interrupted.store(false, Ordering::SeqCst);
         generating.store(true, Ordering::SeqCst);
         let mut in_reasoning = false;
@@ -341,16 +351,24 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
             })
             .await;
         generating.store(false, Ordering::SeqCst);
-        let done = result?;
         if in_reasoning {
             print!("\x1b[0m");
         }
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                // The conversation goes on without this turn.
+                history.truncate(turn_start);
+                eprintln!("\nerror: {e:#}\n(this turn was dropped from the conversation; /reset starts over)");
+                continue;
+            }
+        };
         let g = &done.generation;
         eprintln!(
-            "\n[{} tokens, {:.1} tok/s{}]",
+            "\n[{} tokens, {:.1} tok/s, {}]",
             g.tokens.len(),
             (g.tokens.len().saturating_sub(1)) as f64 / g.decode_seconds.max(1e-9),
-            if interrupted.load(Ordering::SeqCst) { ", stopped" } else { "" }
+            g.stop.describe()
         );
         let mut reply = Message::new("assistant", &done.content);
         if !done.reasoning.is_empty() {
@@ -359,6 +377,37 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
         history.push(reply);
     }
     Ok(())
+}
+
+/// The conversation's prompt, with room for `room` more tokens. When it does not fit the context,
+/// the oldest turns (after any system message) are dropped, each drop said on stderr; an error
+/// when even the newest message alone does not fit.
+fn fitted_prompt(session: &Session, history: &mut Vec<Message>, thinking: bool, room: usize) -> Result<Vec<u32>> {
+    let context = session.engine.model.context;
+    let mut dropped = 0;
+    loop {
+        let prompt = session.chat_tokens(history, thinking, None)?;
+        if prompt.len() + room <= context {
+            if dropped > 0 {
+                eprintln!("(dropped the {dropped} oldest message(s) so that the conversation fits the context of {context} tokens)");
+            }
+            return Ok(prompt);
+        }
+        // The oldest turn: the first non-system message and the replies up to the next user message.
+        let first = history.iter().position(|m| m.role != "system").unwrap_or(history.len());
+        let next_user = history.iter().skip(first + 1).position(|m| m.role == "user").map(|i| first + 1 + i);
+        match next_user {
+            Some(end) => {
+                dropped += end - first;
+                history.drain(first..end);
+            }
+            None => bail!(
+                "this message needs {} tokens with the template and the answer {room}, more than the context of {context} \
+                 tokens; shorten it, or start again with a larger --context",
+                prompt.len()
+            ),
+        }
+    }
 }
 
 fn on_off(b: bool) -> &'static str {
@@ -406,12 +455,7 @@ async fn generate(
             "content": done.content,
             "reasoning": done.reasoning,
             "prompt_tokens": g.prompt_tokens,
-            "stop_reason": match g.stop {
-                StopReason::Length => "length",
-                StopReason::Eos => "eos",
-                StopReason::Caller => "stop",
-                StopReason::Context => "context",
-            },
+            "stop_reason": g.stop.name(),
             "timings": {
                 "prefill_seconds": g.prefill_seconds,
                 "decode_seconds": g.decode_seconds,
@@ -422,20 +466,40 @@ async fn generate(
         println!("{v}");
     } else {
         println!();
-        eprintln!("[{} prompt tokens, {} generated, {:.1} tok/s]", g.prompt_tokens, g.tokens.len(), decode_tps);
+        eprintln!(
+            "[{} prompt tokens, {} generated, {:.1} tok/s, {}]",
+            g.prompt_tokens,
+            g.tokens.len(),
+            decode_tps,
+            g.stop.describe()
+        );
     }
     Ok(())
 }
 
 async fn logits(args: ModelArgs, token_ids: Vec<u32>, out: PathBuf) -> Result<()> {
-    let mut session = load_session(&args).await?;
-    let logits = session.engine.logits(&token_ids).await?;
-    let vocab = session.engine.config().vocab_size;
+    // Before the model loads: a typo in --out should not cost a forward pass. A failed run
+    // leaves no file behind.
     let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    webqwen::npy::write_f32(std::io::BufWriter::new(file), &[token_ids.len(), vocab], &logits)
-        .with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("wrote {} [{}, {vocab}]", out.display(), token_ids.len());
-    Ok(())
+    let written = async {
+        let mut session = load_session(&args).await?;
+        let logits = session.engine.logits(&token_ids).await?;
+        let vocab = session.engine.config().vocab_size;
+        webqwen::npy::write_f32(std::io::BufWriter::new(file), &[token_ids.len(), vocab], &logits)
+            .with_context(|| format!("writing {}", out.display()))?;
+        anyhow::Ok(vocab)
+    }
+    .await;
+    match written {
+        Ok(vocab) => {
+            eprintln!("wrote {} [{}, {vocab}]", out.display(), token_ids.len());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&out);
+            Err(e)
+        }
+    }
 }
 
 async fn perplexity(args: ModelArgs, text: PathBuf, json: bool) -> Result<()> {
@@ -493,7 +557,7 @@ async fn bench(
         (session.engine, name)
     };
     let load_seconds = t0.elapsed().as_secs_f64();
-    if prompt_tokens + gen_tokens + 8 > engine.model.context {
+    if prompt_tokens.saturating_add(gen_tokens).saturating_add(8) > engine.model.context {
         bail!("--prompt-tokens + --gen-tokens exceed the context ({}); raise --context", engine.model.context);
     }
     let report = webqwen::bench::run(&mut engine, prompt_tokens, gen_tokens).await?;

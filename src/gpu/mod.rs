@@ -5,7 +5,7 @@ mod kernel;
 pub use kernel::{Binding, Kernel, KernelBuilder};
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 
@@ -31,6 +31,8 @@ pub struct Gpu {
     pub has_subgroups: bool,
     /// Bytes of GPU buffers this engine allocated, for `bench` and `info`.
     allocated: AtomicU64,
+    /// The first error the GPU reported outside an error scope, or the device's loss.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Gpu {
@@ -83,7 +85,56 @@ impl Gpu {
             max_binding = max_binding.min(m);
         }
         max_binding &= !255; // keep pieces nicely aligned
-        Ok(Arc::new(Gpu { device, queue, adapter_info, limits, max_binding, has_f16, has_subgroups, allocated: AtomicU64::new(0) }))
+        // wgpu's default reaction to an error outside a scope, or to a lost device, is to panic
+        // (natively) or to log it (on the web). Record it instead: the next wait or readback
+        // turns it into an `Error::Gpu`, and the caller decides what to do.
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let record = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| note_failure(&record, describe_gpu_error(&e))));
+        let record = failure.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                note_failure(&record, format!("the GPU device was lost ({message}); load the model again"));
+            }
+        });
+        Ok(Arc::new(Gpu {
+            device,
+            queue,
+            adapter_info,
+            limits,
+            max_binding,
+            has_f16,
+            has_subgroups,
+            allocated: AtomicU64::new(0),
+            failure,
+        }))
+    }
+
+    /// The first GPU error reported outside an error scope (or the device's loss), as an error.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().map(|f| f.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some(message)) => Err(Error::Gpu(message)),
+            Err(_) => Err(Error::Gpu("a GPU error handler failed".into())),
+        }
+    }
+
+    /// Run `f` (buffer allocations, pipeline creation) with the GPU's out-of-memory, validation
+    /// and internal errors captured: any of them becomes an `Error::Gpu` saying what `what` was
+    /// doing and how much GPU memory was allocated by then.
+    pub async fn scoped<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let result = f();
+        // Scopes pop in reverse order of their pushes.
+        let errors = [internal.pop().await, validation.pop().await, oom.pop().await];
+        if let Some(e) = errors.into_iter().flatten().next() {
+            let mib = self.allocated_bytes() as f64 / (1 << 20) as f64;
+            return Err(Error::Gpu(format!("{what}, with {mib:.1} MiB of GPU memory allocated: {}", describe_gpu_error(&e))));
+        }
+        self.check()?;
+        result
     }
 
     pub fn allocated_bytes(&self) -> u64 {
@@ -146,9 +197,9 @@ impl Gpu {
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
         #[cfg(target_arch = "wasm32")]
         let _ = after;
-        rx.await
-            .map_err(|_| Error::Gpu("the GPU device was lost while reading back".into()))?
-            .map_err(|e| Error::Gpu(format!("reading back from the GPU failed: {e}")))?;
+        let mapped = rx.await.map_err(|_| Error::Gpu("the GPU device was lost while reading back".into()))?;
+        self.check()?;
+        mapped.map_err(|e| Error::Gpu(format!("reading back from the GPU failed: {e}")))?;
         let bytes = staging
             .slice(..)
             .get_mapped_range()
@@ -165,7 +216,24 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("waiting for the GPU failed: {e}")))?;
-        Ok(())
+        self.check()
+    }
+}
+
+fn note_failure(slot: &Mutex<Option<String>>, message: String) {
+    if let Ok(mut first) = slot.lock() {
+        first.get_or_insert(message);
+    }
+}
+
+/// An actionable sentence for a wgpu error.
+fn describe_gpu_error(e: &wgpu::Error) -> String {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => "the GPU ran out of memory; try a smaller model, a shorter --context or \
+             --kv-cache f16, or close other programs that use the GPU"
+            .into(),
+        wgpu::Error::Validation { description, .. } => format!("the GPU rejected a command (a webqwen bug; please report it): {description}"),
+        wgpu::Error::Internal { description, .. } => format!("the GPU driver failed: {description}"),
     }
 }
 
@@ -178,5 +246,52 @@ pub fn grid(n: u32) -> (u32, u32) {
     } else {
         let y = n.div_ceil(MAX);
         (n.div_ceil(y), y)
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn gpu() -> Option<Arc<Gpu>> {
+        match pollster::block_on(Gpu::new(&GpuOptions::default())) {
+            Ok(g) => Some(g),
+            Err(e) if std::env::var_os("WEBQWEN_REQUIRE_FIXTURES").is_none() => {
+                eprintln!("note: no GPU adapter ({e}), skipping");
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A shader the GPU rejects, built inside `scoped`, is an error naming what was being done,
+    /// not a panic.
+    #[test]
+    fn scoped_turns_gpu_errors_into_errors() {
+        let Some(gpu) = gpu() else { return };
+        let built = pollster::block_on(gpu.scoped("building a test kernel", || {
+            Ok(KernelBuilder::new("broken", "@compute @workgroup_size(1) fn main( {", &["main"]).build(&gpu))
+        }));
+        let e = built.err().expect("an invalid shader must be an error");
+        assert!(e.to_string().contains("building a test kernel"), "{e}");
+        // The device is still usable afterwards.
+        let ok = pollster::block_on(gpu.scoped("allocating", || gpu.storage("fine", 1024)));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    /// An error outside any scope is remembered and reported by the next wait, not a panic.
+    #[test]
+    fn uncaptured_errors_are_reported_on_the_next_wait() {
+        let Some(gpu) = gpu() else { return };
+        gpu.wait_idle().unwrap();
+        // A buffer larger than the device allows: a validation error, outside any scope.
+        let _too_big = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("too big"),
+            size: gpu.limits.max_buffer_size.saturating_add(4096),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let e = gpu.wait_idle().expect_err("the validation error must come back");
+        assert!(matches!(e, Error::Gpu(_)) && e.to_string().contains("too big"), "{e}");
     }
 }

@@ -189,14 +189,14 @@ impl ModelLoader {
         }
         // The tokenizer's ids end at 151669 for every Qwen3; rows past it are never sampled.
         let loading = CoreEngine::prepare(self.config.clone(), &self.index, 151_669, &self.options).await.map_err(js_error)?;
-        let (weight_bytes, _) = loading.model.weight_bytes();
+        let (weight_bytes, _) = loading.model().weight_bytes();
         let plan = serde_json::json!({
-            "gpuBytes": loading.model.gpu.allocated_bytes(),
+            "gpuBytes": loading.model().gpu.allocated_bytes(),
             "weightBytes": weight_bytes,
-            "context": loading.model.context,
-            "kvCacheBytes": loading.model.kv_cache_bytes(),
+            "context": loading.model().context,
+            "kvCacheBytes": loading.model().kv_cache_bytes(),
             "files": self.index.files.iter().zip(&self.sizes).map(|(n, s)| serde_json::json!({"name": n, "size": s})).collect::<Vec<_>>(),
-            "gpu": gpu_json(&loading.model.gpu),
+            "gpu": gpu_json(&loading.model().gpu),
         });
         self.loading = Some(loading);
         Ok(to_js(&plan))

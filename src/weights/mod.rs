@@ -83,7 +83,7 @@ impl WeightIndex {
             })?;
         let data_start = 8 + header.len() as u64;
         let data_len = metadata.data_len() as u64;
-        if data_start + data_len > file_len {
+        if data_start.checked_add(data_len).is_none_or(|end| end > file_len) {
             return Err(err(format!(
                 "file is truncated or its header lies: the header describes {} bytes of tensor data but the file holds {} \
                  (delete it and download it again)",
@@ -119,6 +119,18 @@ pub struct ShardIndex {
 }
 
 impl ShardIndex {
+    /// Parse an index; every shard it names must be a plain `*.safetensors` file name (no
+    /// directories, no `..`), so an index can only point at files beside it.
+    pub fn parse(text: &str) -> std::result::Result<ShardIndex, String> {
+        let index: ShardIndex = serde_json::from_str(text).map_err(|e| format!("invalid index: {e}"))?;
+        if let Some(bad) = index.weight_map.values().find(|name| !is_shard_name(name)) {
+            return Err(format!(
+                "names the shard {bad:?}; a shard must be a plain *.safetensors file name in the model's directory"
+            ));
+        }
+        Ok(index)
+    }
+
     /// The shard files in a stable order, deduplicated.
     pub fn files(&self) -> Vec<String> {
         let mut files: Vec<String> = self.weight_map.values().cloned().collect();
@@ -126,6 +138,16 @@ impl ShardIndex {
         files.dedup();
         files
     }
+}
+
+/// A plain file name ending in `.safetensors`: no path separators, not hidden, no control
+/// characters.
+pub fn is_shard_name(name: &str) -> bool {
+    name.len() > ".safetensors".len()
+        && name.len() <= 255
+        && name.ends_with(".safetensors")
+        && !name.starts_with('.')
+        && !name.chars().any(|c| c == '/' || c == '\\' || c == ':' || c.is_control())
 }
 
 /// Split a safetensors file's first bytes into (header length); errors name the file.
@@ -164,10 +186,9 @@ mod native {
         let io = |p: &Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
         let index_path = dir.join("model.safetensors.index.json");
         let files = if index_path.exists() {
+            regular_file(&index_path)?;
             let text = std::fs::read_to_string(&index_path).map_err(|e| io(&index_path, e))?;
-            let idx: ShardIndex = serde_json::from_str(&text)
-                .map_err(|e| Error::weights(index_path.display().to_string(), format!("invalid index: {e}")))?;
-            idx.files()
+            ShardIndex::parse(&text).map_err(|m| Error::weights(index_path.display().to_string(), m))?.files()
         } else if dir.join("model.safetensors").exists() {
             vec!["model.safetensors".to_string()]
         } else {
@@ -179,6 +200,7 @@ mod native {
         let mut index = WeightIndex::default();
         for name in &files {
             let path = dir.join(name);
+            regular_file(&path)?;
             let mut f = File::open(&path).map_err(|e| io(&path, e))?;
             let len = f.metadata().map_err(|e| io(&path, e))?.len();
             let mut prefix = [0u8; 8];
@@ -191,6 +213,16 @@ mod native {
         }
         let open = files.iter().map(|_| None).collect();
         Ok((index, FileSource { dir: dir.to_path_buf(), names: files, open }))
+    }
+
+    /// Only regular files (or links to them, as in the Hugging Face cache) are opened: opening a
+    /// FIFO or a device could block forever.
+    fn regular_file(path: &Path) -> Result<()> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        if !meta.is_file() {
+            return Err(Error::weights(path.display().to_string(), "is not a regular file"));
+        }
+        Ok(())
     }
 
     impl ByteSource for FileSource {
