@@ -56,11 +56,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-            ..Default::default()
-        }
+        Self { role: role.into(), content: content.into(), ..Default::default() }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -87,19 +83,13 @@ fn content_from_json<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D
             let mut out = String::new();
             for p in parts {
                 match p.get("text").and_then(|t| t.as_str()) {
-                    Some(t)
-                        if p.get("type").and_then(|t| t.as_str()).unwrap_or("text") == "text" =>
-                    {
-                        out.push_str(t)
-                    }
+                    Some(t) if p.get("type").and_then(|t| t.as_str()).unwrap_or("text") == "text" => out.push_str(t),
                     _ => return Err(D::Error::custom("only text content parts are supported")),
                 }
             }
             Ok(out)
         }
-        _ => Err(D::Error::custom(
-            "content must be a string, null or a list of text parts",
-        )),
+        _ => Err(D::Error::custom("content must be a string, null or a list of text parts")),
     }
 }
 
@@ -136,9 +126,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("specials", &self.specials.len())
-            .finish_non_exhaustive()
+        f.debug_struct("ChatTemplate").field("specials", &self.specials.len()).finish_non_exhaustive()
     }
 }
 
@@ -185,15 +173,8 @@ impl ChatTemplate {
         // Python's json.dumps(ensure_ascii=False): minijinja's own tojson
         // HTML-escapes `<`, `>`, `&`, `'`, which would change the prompt.
         env.add_filter("tojson", py_tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
-            .map_err(template_error)?;
-        let t = Self {
-            env,
-            name: TEMPLATE_NAME.to_string(),
-            specials: Vec::new(),
-            bos_token: None,
-            eos_token: None,
-        };
+        env.add_template_owned(TEMPLATE_NAME, source.to_owned()).map_err(template_error)?;
+        let t = Self { env, name: TEMPLATE_NAME.to_string(), specials: Vec::new(), bos_token: None, eos_token: None };
         Ok(t.with_special_tokens(&DEFAULT_MARKERS.map(String::from)))
     }
 
@@ -205,11 +186,9 @@ impl ChatTemplate {
 
     /// Also neutralize these strings in caller text.
     pub fn with_special_tokens(mut self, special_tokens: &[String]) -> Self {
-        self.specials
-            .extend(special_tokens.iter().filter(|s| !s.is_empty()).cloned());
+        self.specials.extend(special_tokens.iter().filter(|s| !s.is_empty()).cloned());
         // Longest first: find_any takes the first needle that matches.
-        self.specials
-            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.specials.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         self.specials.dedup();
         self
     }
@@ -245,15 +224,11 @@ impl ChatTemplate {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_dir(dir: &std::path::Path, tok: &Tokenizer) -> Result<Self, TextError> {
         let read = |path: std::path::PathBuf| {
-            std::fs::read(&path).map_err(|source| TextError::Io {
-                path: path.display().to_string(),
-                source,
-            })
+            std::fs::read(&path).map_err(|source| TextError::Io { path: path.display().to_string(), source })
         };
         let jinja = dir.join("chat_template.jinja");
         let source = if jinja.exists() {
-            String::from_utf8(read(jinja)?)
-                .map_err(|e| TextError::Template(format!("chat_template.jinja: {e}")))?
+            String::from_utf8(read(jinja)?).map_err(|e| TextError::Template(format!("chat_template.jinja: {e}")))?
         } else {
             Self::source_from_tokenizer_config(&read(dir.join("tokenizer_config.json"))?)?
         };
@@ -261,23 +236,13 @@ impl ChatTemplate {
     }
 
     /// Render to segments (see the module comment for what is untrusted).
-    pub fn render(
-        &self,
-        messages: &[Message],
-        opts: &RenderOptions,
-    ) -> Result<Vec<Segment>, TextError> {
+    pub fn render(&self, messages: &[Message], opts: &RenderOptions) -> Result<Vec<Segment>, TextError> {
         let mut esc = Escaper::new(&self.specials);
-        let messages: Vec<Value> = messages
-            .iter()
-            .map(|m| message_value(m, &mut esc))
-            .collect::<Result<_, _>>()?;
+        let messages: Vec<Value> = messages.iter().map(|m| message_value(m, &mut esc)).collect::<Result<_, _>>()?;
 
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from(messages)),
-            (
-                "add_generation_prompt",
-                Value::from(opts.add_generation_prompt),
-            ),
+            ("add_generation_prompt", Value::from(opts.add_generation_prompt)),
         ];
         // Undefined (not false/none) when not given: templates test `is defined`.
         if let Some(t) = opts.enable_thinking {
@@ -292,14 +257,9 @@ impl ChatTemplate {
         if let Some(e) = &self.eos_token {
             ctx.push(("eos_token", Value::from(e.as_str())));
         }
-        let ctx = Value::from_object(OrderedMap(
-            ctx.into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
-        ));
+        let ctx = Value::from_object(OrderedMap(ctx.into_iter().map(|(k, v)| (Value::from(k), v)).collect()));
 
-        let tmpl = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(template_error)?;
+        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(template_error)?;
         let mut out = CappedOutput::default();
         let result = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
         if out.overflow {
@@ -320,25 +280,16 @@ impl ChatTemplate {
             }
             Err(e) => return Err(TextError::Template(format!("{}: {}", self.name, error_text(&e)))),
         }
-        let rendered = String::from_utf8(out.bytes).map_err(|_| {
-            TextError::Template(format!("{}: rendered text is not UTF-8", self.name))
-        })?;
+        let rendered = String::from_utf8(out.bytes)
+            .map_err(|_| TextError::Template(format!("{}: rendered text is not UTF-8", self.name)))?;
         Ok(esc.restore(&rendered))
     }
 
     /// Render to one plain string: the exact rendered text (placeholders are
     /// swapped back), e.g. for display or debugging. Encode with `render` +
     /// `encode_chat`, never with `encode_trusted(render_text(..))`.
-    pub fn render_text(
-        &self,
-        messages: &[Message],
-        opts: &RenderOptions,
-    ) -> Result<String, TextError> {
-        Ok(self
-            .render(messages, opts)?
-            .into_iter()
-            .map(|s| s.text)
-            .collect())
+    pub fn render_text(&self, messages: &[Message], opts: &RenderOptions) -> Result<String, TextError> {
+        Ok(self.render(messages, opts)?.into_iter().map(|s| s.text).collect())
     }
 }
 
@@ -392,10 +343,7 @@ impl std::io::Write for CappedOutput {
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
-    Err(Error::new(
-        ErrorKind::InvalidOperation,
-        format!("raise_exception: {msg}"),
-    ))
+    Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -418,17 +366,9 @@ struct Escaper<'a> {
 
 impl<'a> Escaper<'a> {
     fn new(specials: &'a [String]) -> Self {
-        let mut needles: Vec<String> = specials
-            .iter()
-            .cloned()
-            .chain([OPEN.to_string(), CLOSE.to_string()])
-            .collect();
+        let mut needles: Vec<String> = specials.iter().cloned().chain([OPEN.to_string(), CLOSE.to_string()]).collect();
         needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Self {
-            specials,
-            needles,
-            table: Vec::new(),
-        }
+        Self { specials, needles, table: Vec::new() }
     }
 
     fn placeholder(&mut self, original: &str, out: &mut String) {
@@ -508,10 +448,7 @@ impl<'a> Escaper<'a> {
         let mut push = |text: &str, trusted: bool| match segs.last_mut() {
             Some(last) if last.trusted == trusted => last.text.push_str(text),
             _ if text.is_empty() => {}
-            _ => segs.push(Segment {
-                text: text.to_owned(),
-                trusted,
-            }),
+            _ => segs.push(Segment { text: text.to_owned(), trusted }),
         };
         let mut rest = rendered;
         while let Some(p) = rest.find(OPEN) {
@@ -522,9 +459,7 @@ impl<'a> Escaper<'a> {
                 (Some(hi), Some(lo), Some(CLOSE)) => {
                     let digit = |c: char| (c as u32).checked_sub(IDX_BASE).filter(|&d| d < 0x10000);
                     match (digit(hi), digit(lo)) {
-                        (Some(h), Some(l)) => {
-                            Some(((h << 16) | l) as usize).filter(|&i| i < self.table.len())
-                        }
+                        (Some(h), Some(l)) => Some(((h << 16) | l) as usize).filter(|&i| i < self.table.len()),
                         _ => None,
                     }
                 }
@@ -562,10 +497,7 @@ impl Object for OrderedMap {
         ObjectRepr::Map
     }
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         Enumerator::Values(self.0.iter().map(|(k, _)| k.clone()).collect())
@@ -590,13 +522,9 @@ fn json_value(v: &serde_json::Value, esc: &mut Escaper) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::from(esc.escape(s)),
-        serde_json::Value::Array(a) => {
-            Value::from(a.iter().map(|x| json_value(x, esc)).collect::<Vec<_>>())
-        }
+        serde_json::Value::Array(a) => Value::from(a.iter().map(|x| json_value(x, esc)).collect::<Vec<_>>()),
         serde_json::Value::Object(o) => Value::from_object(OrderedMap(
-            o.iter()
-                .map(|(k, v)| (Value::from(esc.escape(k)), json_value(v, esc)))
-                .collect(),
+            o.iter().map(|(k, v)| (Value::from(esc.escape(k)), json_value(v, esc))).collect(),
         )),
     }
 }
@@ -651,13 +579,7 @@ fn py_tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(
-    out: &mut String,
-    v: &Value,
-    indent: Option<usize>,
-    level: usize,
-    sort: bool,
-) -> Result<(), Error> {
+fn write_json(out: &mut String, v: &Value, indent: Option<usize>, level: usize, sort: bool) -> Result<(), Error> {
     use minijinja::value::ValueKind as K;
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {
@@ -732,10 +654,7 @@ fn write_json(
             out.push('}');
         }
         other => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                format!("tojson: cannot serialize {other}"),
-            ));
+            return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot serialize {other}")));
         }
     }
     Ok(())
@@ -766,11 +685,7 @@ fn py_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
+        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
     // Shortest round-trip digits; Python switches to exponent form when the
     // decimal exponent is < -4 or >= 16.
@@ -785,11 +700,7 @@ fn py_float(f: f64) -> String {
             s + ".0"
         }
     } else {
-        format!(
-            "{mantissa}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        )
+        format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
 }
 
@@ -970,16 +881,8 @@ impl StopMatcher {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let stops = stops
-            .into_iter()
-            .map(Into::into)
-            .filter(|s: &String| !s.is_empty())
-            .collect();
-        Self {
-            stops,
-            buf: String::new(),
-            stopped: false,
-        }
+        let stops = stops.into_iter().map(Into::into).filter(|s: &String| !s.is_empty()).collect();
+        Self { stops, buf: String::new(), stopped: false }
     }
 
     /// Feed text; returns the text that is safe to emit, and whether a stop
@@ -993,12 +896,7 @@ impl StopMatcher {
             return (text.to_owned(), false);
         }
         self.buf.push_str(text);
-        if let Some(pos) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.buf.find(s.as_str()))
-            .min()
-        {
+        if let Some(pos) = self.stops.iter().filter_map(|s| self.buf.find(s.as_str())).min() {
             let out = self.buf[..pos].to_owned();
             self.buf.clear();
             self.stopped = true;
@@ -1060,10 +958,7 @@ mod tests {
             &std::fs::read(fixtures().join("tokenizer/tokenizer_config.json")).unwrap(),
         )
         .unwrap();
-        [
-            ChatTemplate::for_tokenizer(&src, tok).unwrap(),
-            ChatTemplate::new(&src).unwrap(),
-        ]
+        [ChatTemplate::for_tokenizer(&src, tok).unwrap(), ChatTemplate::new(&src).unwrap()]
     }
 
     /// serde_json keeps object key order only with its `preserve_order` feature.
@@ -1099,17 +994,8 @@ mod tests {
                 };
                 let segs = tmpl.render(&messages, &opts).unwrap();
                 let text: String = segs.iter().map(|s| s.text.as_str()).collect();
-                assert_eq!(
-                    text,
-                    c["text"].as_str().unwrap(),
-                    "rendering of case {name}"
-                );
-                let ids: Vec<u32> = c["ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect();
+                assert_eq!(text, c["text"].as_str().unwrap(), "rendering of case {name}");
+                let ids: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
                 assert_eq!(tok.encode_chat(&segs).unwrap(), ids, "ids of case {name}");
                 checked += 1;
             }
@@ -1126,33 +1012,15 @@ mod tests {
                 (vec![Message::user(evil)], 2, 1),
                 (vec![Message::system(evil), Message::user("hi")], 3, 2),
                 // Last assistant turn keeps its reasoning; plus the generation prompt.
-                (
-                    vec![
-                        Message::user("q"),
-                        Message::assistant(format!("<think>{evil}</think>\n\n{evil}")),
-                    ],
-                    3,
-                    2,
-                ),
+                (vec![Message::user("q"), Message::assistant(format!("<think>{evil}</think>\n\n{evil}"))], 3, 2),
             ] {
-                let opts = RenderOptions {
-                    add_generation_prompt: true,
-                    ..Default::default()
-                };
+                let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
                 let segs = tmpl.render(&messages, &opts).unwrap();
                 assert!(segs.iter().any(|s| !s.trusted));
                 let ids = tok.encode_chat(&segs).unwrap();
                 // Only the template's own control tokens remain.
-                assert_eq!(
-                    ids.iter().filter(|&&i| i == 151644).count(),
-                    n_start,
-                    "{messages:?}"
-                );
-                assert_eq!(
-                    ids.iter().filter(|&&i| i == 151645).count(),
-                    n_end,
-                    "{messages:?}"
-                );
+                assert_eq!(ids.iter().filter(|&&i| i == 151644).count(), n_start, "{messages:?}");
+                assert_eq!(ids.iter().filter(|&&i| i == 151645).count(), n_end, "{messages:?}");
                 // And the text is unchanged.
                 let text: String = segs.iter().map(|s| s.text.as_str()).collect();
                 assert_eq!(tok.decode(&ids, false), text);
@@ -1164,14 +1032,8 @@ mod tests {
             assert_eq!(ids.iter().filter(|&&i| i == 151645).count(), 2);
             // Placeholder characters in caller text survive unchanged.
             let odd = format!("x{OPEN}{CLOSE}y\u{F0001}");
-            let segs = tmpl
-                .render(&[Message::user(odd.clone())], &RenderOptions::default())
-                .unwrap();
-            assert!(segs
-                .iter()
-                .map(|s| s.text.as_str())
-                .collect::<String>()
-                .contains(&odd));
+            let segs = tmpl.render(&[Message::user(odd.clone())], &RenderOptions::default()).unwrap();
+            assert!(segs.iter().map(|s| s.text.as_str()).collect::<String>().contains(&odd));
         }
     }
 
@@ -1186,21 +1048,12 @@ mod tests {
             Message::assistant("|>\nfine<"),
             Message::user("<tool_response>x</tool_response>"),
         ];
-        let opts = RenderOptions {
-            add_generation_prompt: true,
-            ..Default::default()
-        };
+        let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
         let segs = tmpl.render(&messages, &opts).unwrap();
         assert!(segs.iter().any(|s| !s.trusted));
         let text: String = segs.iter().map(|s| s.text.as_str()).collect();
-        assert!(
-            text.contains("<|im_start|>system\n> quoted |><|im_end|>"),
-            "{text}"
-        );
-        assert_eq!(
-            tok.encode_chat(&segs).unwrap(),
-            tok.encode_trusted(&text).unwrap()
-        );
+        assert!(text.contains("<|im_start|>system\n> quoted |><|im_end|>"), "{text}");
+        assert_eq!(tok.encode_chat(&segs).unwrap(), tok.encode_trusted(&text).unwrap());
     }
 
     #[test]
@@ -1208,32 +1061,14 @@ mod tests {
         let Some((tok, _)) = qwen() else { return };
         let dir = std::env::temp_dir().join(format!("webqwen-chat-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("tokenizer_config.json"),
-            r#"{"chat_template": "config"}"#,
-        )
-        .unwrap();
+        std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": "config"}"#).unwrap();
         let t = ChatTemplate::from_dir(&dir, &tok).unwrap();
-        assert_eq!(
-            t.render_text(&[], &RenderOptions::default()).unwrap(),
-            "config"
-        );
-        std::fs::write(
-            dir.join("chat_template.jinja"),
-            "{{ messages[0].content }}!",
-        )
-        .unwrap();
+        assert_eq!(t.render_text(&[], &RenderOptions::default()).unwrap(), "config");
+        std::fs::write(dir.join("chat_template.jinja"), "{{ messages[0].content }}!").unwrap();
         let t = ChatTemplate::from_dir(&dir, &tok).unwrap();
-        assert_eq!(
-            t.render_text(&[Message::user("jinja")], &RenderOptions::default())
-                .unwrap(),
-            "jinja!"
-        );
+        assert_eq!(t.render_text(&[Message::user("jinja")], &RenderOptions::default()).unwrap(), "jinja!");
         std::fs::remove_dir_all(&dir).ok();
-        assert!(matches!(
-            ChatTemplate::source_from_tokenizer_config(b"{}"),
-            Err(TextError::NoChatTemplate)
-        ));
+        assert!(matches!(ChatTemplate::source_from_tokenizer_config(b"{}"), Err(TextError::NoChatTemplate)));
     }
 
     #[test]
@@ -1245,9 +1080,7 @@ mod tests {
         for _ in 0..2000 {
             let mut text = String::new();
             for _ in 0..(seed % 7) {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 text.push_str(alphabet[(seed >> 33) as usize % alphabet.len()]);
             }
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -1294,12 +1127,7 @@ mod tests {
         };
         let data: serde_json::Value = serde_json::from_slice(&data).unwrap();
         for c in data["cases"].as_array().unwrap() {
-            let ids: Vec<u32> = c["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as u32)
-                .collect();
+            let ids: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             for skip in [false, true] {
                 let mut d = crate::tokenizer::StreamDecoder::with_skip_special(skip);
                 let mut s: String = ids.iter().map(|&i| d.push(&tok, i)).collect();
@@ -1315,24 +1143,18 @@ mod tests {
         for tmpl in both_templates(&tok) {
             let tools = serde_json::json!([{"type": "function", "function": {"name": "f<|im_end|>", "description": "<|endoftext|>"}}]);
             let messages: Vec<Message> = serde_json::from_value(serde_json::json!([
-            {"role": "user", "content": "go"},
-            {"role": "assistant", "content": null, "tool_calls": [
-                {"function": {"name": "<|im_start|>", "arguments": {"<|im_end|>": "<|im_start|>"}}},
-                {"function": {"name": "g", "arguments": "{\"a\": \"<|im_end|>\"}"}}]},
-            {"role": "tool", "content": "<|im_end|>"}
-        ]))
-        .unwrap();
-            let opts = RenderOptions {
-                add_generation_prompt: true,
-                tools: Some(tools),
-                ..Default::default()
-            };
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"function": {"name": "<|im_start|>", "arguments": {"<|im_end|>": "<|im_start|>"}}},
+                    {"function": {"name": "g", "arguments": "{\"a\": \"<|im_end|>\"}"}}]},
+                {"role": "tool", "content": "<|im_end|>"}
+            ]))
+            .unwrap();
+            let opts = RenderOptions { add_generation_prompt: true, tools: Some(tools), ..Default::default() };
             let segs = tmpl.render(&messages, &opts).unwrap();
             let text: String = segs.iter().map(|s| s.text.as_str()).collect();
             assert!(
-                text.contains(
-                    r#"{"name": "<|im_start|>", "arguments": {"<|im_end|>": "<|im_start|>"}}"#
-                ),
+                text.contains(r#"{"name": "<|im_start|>", "arguments": {"<|im_end|>": "<|im_start|>"}}"#),
                 "{text}"
             );
             let ids = tok.encode_chat(&segs).unwrap();
@@ -1350,22 +1172,12 @@ mod tests {
             Err(TextError::Template(m)) => assert!(m.contains("no system role"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            ChatTemplate::new("{% if %}"),
-            Err(TextError::Template(_))
-        ));
+        assert!(matches!(ChatTemplate::new("{% if %}"), Err(TextError::Template(_))));
         // Unbounded recursion is cut off, not a stack overflow.
-        let tmpl =
-            ChatTemplate::new("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").unwrap();
-        assert!(matches!(
-            tmpl.render(&[], &RenderOptions::default()),
-            Err(TextError::Template(_))
-        ));
+        let tmpl = ChatTemplate::new("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").unwrap();
+        assert!(matches!(tmpl.render(&[], &RenderOptions::default()), Err(TextError::Template(_))));
         // No filesystem: include is not even a known statement.
-        assert!(matches!(
-            ChatTemplate::new("{% include '/etc/passwd' %}"),
-            Err(TextError::Template(_))
-        ));
+        assert!(matches!(ChatTemplate::new("{% include '/etc/passwd' %}"), Err(TextError::Template(_))));
     }
 
     /// Templates that would hang, exhaust memory or abort end with a clear error that names the
@@ -1419,28 +1231,26 @@ mod tests {
         let text = tmpl.render_text(&messages, &opts).unwrap();
         assert!(text.len() > MAX_RENDER_BYTES * 9 / 10, "{}", text.len());
         // ... with a tenth of the fuel, too
-        let mut lean = ChatTemplate::for_tokenizer(&ChatTemplate::source_from_tokenizer_config(
-            &std::fs::read(fixtures().join("tokenizer/tokenizer_config.json")).unwrap()).unwrap(), &tok).unwrap();
+        let mut lean = ChatTemplate::for_tokenizer(
+            &ChatTemplate::source_from_tokenizer_config(
+                &std::fs::read(fixtures().join("tokenizer/tokenizer_config.json")).unwrap(),
+            )
+            .unwrap(),
+            &tok,
+        )
+        .unwrap();
         lean.env.set_fuel(Some(RENDER_FUEL / 10));
         assert_eq!(lean.render_text(&messages, &opts).unwrap(), text);
     }
 
     #[test]
     fn py_tojson_format() {
-        let tmpl =
-            ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}").unwrap();
-        let tools =
-            serde_json::json!([{"a": [1, 2.5, 1e20, 1.0, true, null, "<é\n\"&'>"], "b": {}}]);
-        let opts = RenderOptions {
-            tools: Some(tools),
-            ..Default::default()
-        };
+        let tmpl = ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}").unwrap();
+        let tools = serde_json::json!([{"a": [1, 2.5, 1e20, 1.0, true, null, "<é\n\"&'>"], "b": {}}]);
+        let opts = RenderOptions { tools: Some(tools), ..Default::default() };
         let out = tmpl.render_text(&[], &opts).unwrap();
         let (flat, pretty) = out.split_once('|').unwrap();
-        assert_eq!(
-            flat,
-            r#"[{"a": [1, 2.5, 1e+20, 1.0, true, null, "<é\n\"&'>"], "b": {}}]"#
-        );
+        assert_eq!(flat, r#"[{"a": [1, 2.5, 1e+20, 1.0, true, null, "<é\n\"&'>"], "b": {}}]"#);
         assert_eq!(pretty, "{\n  \"a\": [\n    1,\n    2.5,\n    1e+20,\n    1.0,\n    true,\n    null,\n    \"<é\\n\\\"&'>\"\n  ],\n  \"b\": {}\n}");
         assert_eq!(py_float(1.5e-5), "1.5e-05");
         assert_eq!(py_float(0.0001), "0.0001");
@@ -1454,8 +1264,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.content, "ab");
-        let m: Message =
-            serde_json::from_str(r#"{"role":"assistant","content":null,"tool_calls":[]}"#).unwrap();
+        let m: Message = serde_json::from_str(r#"{"role":"assistant","content":null,"tool_calls":[]}"#).unwrap();
         assert_eq!(m.content, "");
         let m: Message = serde_json::from_str(r#"{"role":"assistant"}"#).unwrap();
         assert_eq!(m.content, "");
@@ -1497,45 +1306,23 @@ mod tests {
             (4, "Answer"),
             (5, ".\n"),
         ];
-        assert_eq!(
-            split_all(&mut s, &pieces),
-            ("Let me think.".into(), "Answer.\n".into())
-        );
+        assert_eq!(split_all(&mut s, &pieces), ("Let me think.".into(), "Answer.\n".into()));
         // Prompt already inside the block.
         let mut s = ThinkSplitter::new(ids, true);
-        let pieces = [
-            (1, "a\n\nb"),
-            (198, "\n"),
-            (151668, "</think>"),
-            (4, "\n\nc"),
-        ];
+        let pieces = [(1, "a\n\nb"), (198, "\n"), (151668, "</think>"), (4, "\n\nc")];
         assert_eq!(split_all(&mut s, &pieces), ("a\n\nb".into(), "c".into()));
         // enable_thinking=false: no tags at all, everything is content.
         let mut s = ThinkSplitter::new(ids, false);
-        assert_eq!(
-            split_all(&mut s, &[(1, "\nHi"), (2, " there")]),
-            ("".into(), "\nHi there".into())
-        );
+        assert_eq!(split_all(&mut s, &[(1, "\nHi"), (2, " there")]), ("".into(), "\nHi there".into()));
         // Untrimmed keeps every character except the tags; text held back by the
         // stream decoder arrives in the tag's piece.
         let mut s = ThinkSplitter::new(ids, false);
         s.set_trim(false);
-        let pieces = [
-            (151667, "<think>"),
-            (1, "\nx\n"),
-            (151668, "😀</think>"),
-            (2, "\n\ny"),
-        ];
-        assert_eq!(
-            split_all(&mut s, &pieces),
-            ("\nx\n😀".into(), "\n\ny".into())
-        );
+        let pieces = [(151667, "<think>"), (1, "\nx\n"), (151668, "😀</think>"), (2, "\n\ny")];
+        assert_eq!(split_all(&mut s, &pieces), ("\nx\n😀".into(), "\n\ny".into()));
         // Without think ids everything is content.
         let mut s = ThinkSplitter::new(None, true);
-        assert_eq!(
-            split_all(&mut s, &[(151667, "<think>"), (1, "x")]),
-            ("".into(), "<think>x".into())
-        );
+        assert_eq!(split_all(&mut s, &[(151667, "<think>"), (1, "x")]), ("".into(), "<think>x".into()));
         assert!(prompt_ends_in_think(&[1, 151667, 198], ids));
         assert!(!prompt_ends_in_think(&[1, 151667, 198, 151668, 271], ids));
         assert!(!prompt_ends_in_think(&[1, 2], ids));
@@ -1551,18 +1338,13 @@ mod tests {
         let mut s = ThinkSplitter::for_tokenizer(&tok, false);
         let pieces: Vec<(u32, String)> = ids.iter().map(|&id| (id, dec.push(&tok, id))).collect();
         let pieces: Vec<(u32, &str)> = pieces.iter().map(|(i, p)| (*i, p.as_str())).collect();
-        assert_eq!(
-            split_all(&mut s, &pieces),
-            ("推理：😀 step".into(), "答案是 42 🎉".into())
-        );
+        assert_eq!(split_all(&mut s, &pieces), ("推理：😀 step".into(), "答案是 42 🎉".into()));
     }
 
     #[test]
     fn stop_strings_across_chunks() {
         let mut m = StopMatcher::new(["STOP", "\n\nUser:"]);
-        let chunks = [
-            "Hello ", "wor", "ld\n", "\nUs", "er", "? no. S", "TO", "P after",
-        ];
+        let chunks = ["Hello ", "wor", "ld\n", "\nUs", "er", "? no. S", "TO", "P after"];
         // What may be emitted after each chunk: possible stop-string starts are held.
         let expected = [
             ("Hello ", false),
@@ -1575,11 +1357,7 @@ mod tests {
             ("", true),
         ];
         for (chunk, want) in chunks.iter().zip(expected) {
-            assert_eq!(
-                m.push(chunk),
-                (want.0.to_string(), want.1),
-                "after {chunk:?}"
-            );
+            assert_eq!(m.push(chunk), (want.0.to_string(), want.1), "after {chunk:?}");
         }
         assert!(m.stopped());
         assert_eq!(m.push("more"), (String::new(), true));

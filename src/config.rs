@@ -157,18 +157,23 @@ impl ModelConfig {
         };
         let eos_ids: Vec<u64> = match raw.eos_token_id {
             None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a.iter().map(|v| v.as_u64()).collect::<Option<_>>().unwrap_or_else(|| vec![u64::MAX]),
+            Some(Value::Array(a)) => {
+                a.iter().map(|v| v.as_u64()).collect::<Option<_>>().unwrap_or_else(|| vec![u64::MAX])
+            }
             Some(v) => vec![v.as_u64().unwrap_or(u64::MAX)],
         };
         if let Some(bad_id) = eos_ids.iter().find(|&&id| id >= vocab_size as u64) {
             let shown = if *bad_id == u64::MAX { "not a token id".to_string() } else { bad_id.to_string() };
-            return Err(bad(format!("config.json: eos_token_id {shown} is outside the vocabulary (vocab_size {vocab_size})")));
+            return Err(bad(format!(
+                "config.json: eos_token_id {shown} is outside the vocabulary (vocab_size {vocab_size})"
+            )));
         }
         let moe = match raw.num_experts.unwrap_or(0) {
             0 => None,
             num_experts => {
                 let experts = raw.num_experts_per_tok.unwrap_or(8);
-                if num_experts > limits::EXPERTS || experts == 0 || experts > limits::EXPERTS_PER_TOKEN.min(num_experts) {
+                if num_experts > limits::EXPERTS || experts == 0 || experts > limits::EXPERTS_PER_TOKEN.min(num_experts)
+                {
                     return Err(bad(format!(
                         "config.json: {num_experts} experts with {experts} per token is not supported (webqwen routes up to \
                          {} experts, 1 to {} per token)",
@@ -328,7 +333,8 @@ mod tests {
     fn rejects_unroutable_expert_counts() {
         let base = r#""model_type":"qwen3_moe","vocab_size":10,"hidden_size":64,"num_hidden_layers":1,"num_attention_heads":2,"moe_intermediate_size":32"#;
         for (experts, k) in [(1024, 8), (8, 0), (8, 9), (64, 32)] {
-            let e = ModelConfig::from_json(&format!(r#"{{{base},"num_experts":{experts},"num_experts_per_tok":{k}}}"#)).unwrap_err();
+            let e = ModelConfig::from_json(&format!(r#"{{{base},"num_experts":{experts},"num_experts_per_tok":{k}}}"#))
+                .unwrap_err();
             assert!(e.to_string().contains("per token"), "{e}");
         }
         assert!(ModelConfig::from_json(&format!(r#"{{{base},"num_experts":512,"num_experts_per_tok":16}}"#)).is_ok());

@@ -149,7 +149,12 @@ impl Engine {
     /// Open the GPU, allocate the model and build every pipeline; its weights then arrive
     /// through `Loading::write` (the browser pushes fetch-stream chunks there). GPU errors
     /// (out of memory, a rejected shader) come back as `Error::Gpu`.
-    pub async fn prepare(config: ModelConfig, index: &WeightIndex, sample_vocab: usize, opts: &LoadOptions) -> Result<Loading> {
+    pub async fn prepare(
+        config: ModelConfig,
+        index: &WeightIndex,
+        sample_vocab: usize,
+        opts: &LoadOptions,
+    ) -> Result<Loading> {
         let gpu = Gpu::new(&opts.gpu).await?;
         let parts = gpu
             .scoped("allocating the model", || {
@@ -244,7 +249,13 @@ impl Engine {
             let mut h0 = 0;
             while h0 < n {
                 let hn = (n - h0).min(self.model.head_chunk as u32);
-                self.write_step(Step { pos: pos as u32, n_tokens: n, head_offset: h0, head_rows: hn, ..Default::default() });
+                self.write_step(Step {
+                    pos: pos as u32,
+                    n_tokens: n,
+                    head_offset: h0,
+                    head_rows: hn,
+                    ..Default::default()
+                });
                 self.submit(|m, pass| m.encode_head(pass, n, hn));
                 let bytes = self.gpu.read_back(self.model.logits_buffer(), 0, hn as u64 * vocab as u64 * 4).await?;
                 on_rows(pos + h0 as usize, bytemuck::cast_slice::<u8, f32>(&bytes));
@@ -269,7 +280,14 @@ impl Engine {
     /// Encode and submit one pass over `n` tokens at `pos` that ends by sampling the next token
     /// and copying it into `readback[slot]`.
     fn submit_sampling_pass(&mut self, pos: usize, n: u32, step: u32, slot: usize) -> wgpu::SubmissionIndex {
-        self.write_step(Step { pos: pos as u32, n_tokens: n, step, head_offset: n - 1, head_rows: 1, ..Default::default() });
+        self.write_step(Step {
+            pos: pos as u32,
+            n_tokens: n,
+            step,
+            head_offset: n - 1,
+            head_rows: 1,
+            ..Default::default()
+        });
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -355,7 +373,8 @@ impl Engine {
                 let slot = (k + 1) % 2;
                 let idx = self.submit_sampling_pass(pos, 1, (k + 1) as u32, slot);
                 self.counters.decode_steps += 1;
-                self.counters.dispatches += (self.model.decode_dispatches() + self.sampler.dispatches_per_step() as usize) as u64;
+                self.counters.dispatches +=
+                    (self.model.decode_dispatches() + self.sampler.dispatches_per_step() as usize) as u64;
                 Some(idx)
             } else {
                 None

@@ -52,9 +52,7 @@ pub fn resolve_model(spec: &str, progress: bool) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if path.exists() {
-        bail!(
-            "--model {spec}: this is a file; give a model directory or a hub repo id (owner/name)"
-        );
+        bail!("--model {spec}: this is a file; give a model directory or a hub repo id (owner/name)");
     }
     let Some((repo_id, revision)) = parse_repo_spec(spec) else {
         bail!(
@@ -74,10 +72,7 @@ fn parse_repo_spec(spec: &str) -> Option<(&str, &str)> {
     }
     let (owner, name) = id.split_once('/')?;
     let legal = |s: &str| {
-        !s.is_empty()
-            && !s.starts_with('.')
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        !s.is_empty() && !s.starts_with('.') && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
     (legal(owner) && legal(name)).then_some((id, revision))
 }
@@ -107,39 +102,24 @@ impl Hub {
                     .context("cannot locate the Hugging Face cache: set HF_HOME (or HOME)")?,
             },
         };
-        let cache = env("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| hf_home.join("hub"));
+        let cache = env("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| hf_home.join("hub"));
         let cache = std::path::absolute(&cache).unwrap_or(cache);
-        let token = env("HF_TOKEN")
-            .or_else(|| env("HUGGING_FACE_HUB_TOKEN"))
-            .or_else(|| {
-                let token = std::fs::read_to_string(hf_home.join("token")).ok()?;
-                Some(token.trim().to_string()).filter(|t| !t.is_empty())
-            });
-        let endpoint = env("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
-        let offline = env("HF_HUB_OFFLINE").is_some_and(|v| {
-            ["1", "on", "yes", "true"].contains(&v.trim().to_ascii_lowercase().as_str())
+        let token = env("HF_TOKEN").or_else(|| env("HUGGING_FACE_HUB_TOKEN")).or_else(|| {
+            let token = std::fs::read_to_string(hf_home.join("token")).ok()?;
+            Some(token.trim().to_string()).filter(|t| !t.is_empty())
         });
-        Ok(Hub {
-            cache,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token,
-            offline,
-        })
+        let endpoint = env("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        let offline = env("HF_HUB_OFFLINE")
+            .is_some_and(|v| ["1", "on", "yes", "true"].contains(&v.trim().to_ascii_lowercase().as_str()));
+        Ok(Hub { cache, endpoint: endpoint.trim_end_matches('/').to_string(), token, offline })
     }
 
     fn fetch(&self, repo_id: &str, revision: &str, progress: bool) -> Result<PathBuf> {
         let cache = RepoCache::new(&self.cache, repo_id);
-        let spec = if revision == "main" {
-            repo_id.to_string()
-        } else {
-            format!("{repo_id}@{revision}")
-        };
+        let spec = if revision == "main" { repo_id.to_string() } else { format!("{repo_id}@{revision}") };
         if self.offline {
-            return cached_snapshot(&cache, revision, progress).with_context(|| {
-                format!("HF_HUB_OFFLINE is set and {spec} is not fully in the cache")
-            });
+            return cached_snapshot(&cache, revision, progress)
+                .with_context(|| format!("HF_HUB_OFFLINE is set and {spec} is not fully in the cache"));
         }
         let client = http::Client::new(&self.endpoint, self.token.clone())?;
         let endpoint = client.endpoint();
@@ -156,9 +136,8 @@ impl Hub {
                      check the network, point HF_ENDPOINT at a reachable hub or mirror, or set \
                      HF_HUB_OFFLINE=1 to use only the local cache"
                 );
-                return cached_snapshot(&cache, revision, progress).map_err(|cache_err| {
-                    anyhow!("{err}. {spec} is not usable from the cache either: {cache_err:#}")
-                });
+                return cached_snapshot(&cache, revision, progress)
+                    .map_err(|cache_err| anyhow!("{err}. {spec} is not usable from the cache either: {cache_err:#}"));
             }
         };
         let commit = listing.commit.as_str();
@@ -238,18 +217,12 @@ fn shards(index: &Path) -> Result<BTreeSet<String>> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text =
-        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let index_json: Index =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
+    let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let index_json: Index = serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
     let shards: BTreeSet<String> = index_json.weight_map.into_values().collect();
     // The names become paths inside the cache: keep them inside it.
     if let Some(bad) = shards.iter().find(|s| !is_plain_file_name(s)) {
-        bail!(
-            "{} names an invalid shard file {}",
-            index.display(),
-            shown(bad)
-        );
+        bail!("{} names an invalid shard file {}", index.display(), shown(bad));
     }
     Ok(shards)
 }
@@ -260,17 +233,9 @@ fn cached_snapshot(cache: &RepoCache, revision: &str, progress: bool) -> Result<
     let commit = cache.commit_of(revision)?;
     let dir = cache.snapshot(&commit);
     let present = |name: &str| dir.join(name).is_file();
-    let mut missing: Vec<String> = REQUIRED
-        .iter()
-        .filter(|f| !present(f))
-        .map(|f| f.to_string())
-        .collect();
-    let mut names: Vec<String> = REQUIRED
-        .iter()
-        .chain(OPTIONAL.iter())
-        .filter(|f| present(f))
-        .map(|f| f.to_string())
-        .collect();
+    let mut missing: Vec<String> = REQUIRED.iter().filter(|f| !present(f)).map(|f| f.to_string()).collect();
+    let mut names: Vec<String> =
+        REQUIRED.iter().chain(OPTIONAL.iter()).filter(|f| present(f)).map(|f| f.to_string()).collect();
     if present(INDEX) {
         cache.check_cached(&commit, INDEX, progress)?;
         let shards = shards(&dir.join(INDEX))?;
@@ -296,28 +261,12 @@ mod tests {
 
     #[test]
     fn repo_specs() {
-        assert_eq!(
-            parse_repo_spec("mlx-community/Qwen3-0.6B-4bit"),
-            Some(("mlx-community/Qwen3-0.6B-4bit", "main"))
-        );
-        assert_eq!(
-            parse_repo_spec("Qwen/Qwen3-8B-MLX-4bit@v1.0"),
-            Some(("Qwen/Qwen3-8B-MLX-4bit", "v1.0"))
-        );
+        assert_eq!(parse_repo_spec("mlx-community/Qwen3-0.6B-4bit"), Some(("mlx-community/Qwen3-0.6B-4bit", "main")));
+        assert_eq!(parse_repo_spec("Qwen/Qwen3-8B-MLX-4bit@v1.0"), Some(("Qwen/Qwen3-8B-MLX-4bit", "v1.0")));
         assert_eq!(parse_repo_spec("a/b@refs/pr/1"), Some(("a/b", "refs/pr/1")));
-        for bad in [
-            "qwen3",
-            "a/b/c",
-            "./a",
-            "../a/b",
-            "/abs/path",
-            "a/",
-            "/b",
-            "a/b@",
-            "a/b@../../x",
-            "a b/c",
-            "C:\\m\\x",
-        ] {
+        for bad in
+            ["qwen3", "a/b/c", "./a", "../a/b", "/abs/path", "a/", "/b", "a/b@", "a/b@../../x", "a b/c", "C:\\m\\x"]
+        {
             assert_eq!(parse_repo_spec(bad), None, "{bad}");
         }
     }

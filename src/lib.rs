@@ -9,14 +9,14 @@ pub mod weights;
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub mod engine;
-pub mod sample;
 pub mod bench;
-pub mod npy;
-pub mod session;
-pub mod tokenizer;
 pub mod chat;
+pub mod engine;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
+pub mod npy;
+pub mod sample;
+pub mod session;
+pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

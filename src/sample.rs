@@ -105,10 +105,7 @@ impl SamplingParams {
     /// Checks ranges; the message names the offending field.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be a finite number >= 0 (0 = greedy), got {}",
-                self.temperature
-            ));
+            return Err(format!("temperature must be a finite number >= 0 (0 = greedy), got {}", self.temperature));
         }
         if self.temperature > 0.0 && self.temperature < 1e-4 {
             return Err(format!(
@@ -123,10 +120,7 @@ impl SamplingParams {
             return Err(format!("min_p must be in [0, 1) (0 = off), got {}", self.min_p));
         }
         if self.top_k > MAX_TOP_K {
-            return Err(format!(
-                "top_k must be at most {MAX_TOP_K} (0 = off), got {}",
-                self.top_k
-            ));
+            return Err(format!("top_k must be at most {MAX_TOP_K} (0 = off), got {}", self.top_k));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
             return Err(format!(
@@ -135,16 +129,10 @@ impl SamplingParams {
             ));
         }
         if !self.presence_penalty.is_finite() {
-            return Err(format!(
-                "presence_penalty must be finite (0 = off), got {}",
-                self.presence_penalty
-            ));
+            return Err(format!("presence_penalty must be finite (0 = off), got {}", self.presence_penalty));
         }
         if self.penalty_window > MAX_PENALTY_WINDOW {
-            return Err(format!(
-                "penalty_window must be at most {MAX_PENALTY_WINDOW}, got {}",
-                self.penalty_window
-            ));
+            return Err(format!("penalty_window must be at most {MAX_PENALTY_WINDOW}, got {}", self.penalty_window));
         }
         Ok(())
     }
@@ -250,14 +238,8 @@ impl GpuSampler {
     ) -> Self {
         let _ = caps;
         let sv = sample_vocab.min(vocab_rows).max(1);
-        assert!(
-            logits.size() >= vocab_rows as u64 * 4,
-            "logits buffer smaller than vocab_rows floats"
-        );
-        assert!(
-            token_out.size() >= (token_out_index as u64 + 1) * 4,
-            "token_out too small for token_out_index"
-        );
+        assert!(logits.size() >= vocab_rows as u64 * 4, "logits buffer smaller than vocab_rows floats");
+        assert!(token_out.size() >= (token_out_index as u64 + 1) * 4, "token_out too small for token_out_index");
         let num_groups = sv.div_ceil(CHUNK);
         assert!(num_groups <= 65535, "vocabulary too large");
 
@@ -371,24 +353,12 @@ impl GpuSampler {
             reduce1: pipe("reduce1", None),
             reduce2: pipe("reduce2", None),
             hist: [pipe("hist_pass", Some(0)), pipe("hist_pass", Some(1)), pipe("hist_pass", Some(2))],
-            select: [
-                pipe("select_pass", Some(0)),
-                pipe("select_pass", Some(1)),
-                pipe("select_pass", Some(2)),
-            ],
+            select: [pipe("select_pass", Some(0)), pipe("select_pass", Some(1)), pipe("select_pass", Some(2))],
             compact: pipe("compact", None),
             final_: pipe("final_pass", None),
             fallback: pipe("fallback", None),
         };
-        Self {
-            pipes,
-            bind_group,
-            params_buf,
-            state_buf,
-            history_buf,
-            num_groups,
-            flags: AtomicU32::new(0),
-        }
+        Self { pipes, bind_group, params_buf, state_buf, history_buf, num_groups, flags: AtomicU32::new(0) }
     }
 
     /// Uploads the sampling parameters (once per request, not per token). Call
@@ -408,11 +378,7 @@ impl GpuSampler {
             seed_lo: params.seed as u32,
             seed_hi: (params.seed >> 32) as u32,
             mode: sample as u32,
-            log_min_p_t: if params.min_p > 0.0 && sample {
-                params.temperature * params.min_p.ln()
-            } else {
-                0.0
-            },
+            log_min_p_t: if params.min_p > 0.0 && sample { params.temperature * params.min_p.ln() } else { 0.0 },
             k_eff: if params.top_k > 0 { params.top_k } else { MAX_TOP_K },
             pad: [0; 4],
         };
@@ -635,10 +601,8 @@ mod tests {
     /// CPU reference of the sampling distribution: (id, probability), descending.
     fn cpu_dist(l: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
         let t = p.temperature as f64;
-        let mut v: Vec<(u32, f64)> = (0..SV as usize)
-            .filter(|&i| l[i].is_finite())
-            .map(|i| (i as u32, l[i] as f64))
-            .collect();
+        let mut v: Vec<(u32, f64)> =
+            (0..SV as usize).filter(|&i| l[i].is_finite()).map(|i| (i as u32, l[i] as f64)).collect();
         v.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
         let m = v[0].1;
         if p.top_k > 0 && (p.top_k as usize) < v.len() {
@@ -667,13 +631,7 @@ mod tests {
 
     fn random_logits(rng: &mut Rng, ties: bool) -> Vec<f32> {
         let mut l: Vec<f32> = (0..VOCAB)
-            .map(|_| {
-                if ties {
-                    ((rng.f32() * 64.0).floor() / 8.0) - 4.0
-                } else {
-                    rng.f32() * 20.0 - 10.0
-                }
-            })
+            .map(|_| if ties { ((rng.f32() * 64.0).floor() / 8.0) - 4.0 } else { rng.f32() * 20.0 - 10.0 })
             .collect();
         for x in &mut l[SV as usize..] {
             *x = 1e30; // padded rows: larger than everything, must be ignored
@@ -744,10 +702,15 @@ mod tests {
             *counts.entry(t).or_default() += 1;
         }
         // membership: allow for f32-vs-f64 summation at the nucleus boundary
-        let lenient = SamplingParams { top_p: if p.top_p < 1.0 { (p.top_p + 1e-4).min(1.0) } else { 1.0 }, ..p.clone() };
+        let lenient =
+            SamplingParams { top_p: if p.top_p < 1.0 { (p.top_p + 1e-4).min(1.0) } else { 1.0 }, ..p.clone() };
         let allowed: std::collections::HashMap<u32, f64> = cpu_dist(l, &lenient).into_iter().collect();
         for (&t, &c) in &counts {
-            assert!(allowed.contains_key(&t), "{p:?}: token {t} (logit {}) sampled {c} times but is outside the kept set {want:?}", l[t as usize]);
+            assert!(
+                allowed.contains_key(&t),
+                "{p:?}: token {t} (logit {}) sampled {c} times but is outside the kept set {want:?}",
+                l[t as usize]
+            );
         }
         let nf = n as f64;
         let mut chi2 = 0.0;
@@ -842,7 +805,11 @@ mod tests {
         }
         let tol = 1e-4; // float summation order at the boundary
         for &t in &got {
-            assert!(t < SV && l[t as usize] >= thr - tol, "token {t} logit {} below nucleus threshold {thr}", l[t as usize]);
+            assert!(
+                t < SV && l[t as usize] >= thr - tol,
+                "token {t} logit {} below nucleus threshold {thr}",
+                l[t as usize]
+            );
         }
         let distinct: std::collections::HashSet<_> = got.iter().collect();
         assert!(distinct.len() > 190);
@@ -924,7 +891,13 @@ mod tests {
         let seq = h.run(&[0, 1, 2, 3], Some(&orig));
         assert_eq!(seq, vec![a, b, a, b]);
         // the same through the sampling path (top_k = 1)
-        let p = SamplingParams { temperature: 1.0, top_k: 1, presence_penalty: 3.0, penalty_window: 1, ..Default::default() };
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            presence_penalty: 3.0,
+            penalty_window: 1,
+            ..Default::default()
+        };
         h.s.set_params(&h.queue, &p);
         h.s.reset_history(&h.queue, &[b]);
         let seq = h.run(&[0, 1, 2], Some(&orig));
@@ -960,8 +933,14 @@ mod tests {
         h.set_logits(&l);
         for (name, p) in [
             ("greedy", SamplingParams::greedy()),
-            ("T0.6 top_p0.95 top_k20", SamplingParams { temperature: 0.6, top_p: 0.95, top_k: 20, ..Default::default() }),
-            ("T0.7 top_p0.8 min_p0.05", SamplingParams { temperature: 0.7, top_p: 0.8, min_p: 0.05, ..Default::default() }),
+            (
+                "T0.6 top_p0.95 top_k20",
+                SamplingParams { temperature: 0.6, top_p: 0.95, top_k: 20, ..Default::default() },
+            ),
+            (
+                "T0.7 top_p0.8 min_p0.05",
+                SamplingParams { temperature: 0.7, top_p: 0.8, min_p: 0.05, ..Default::default() },
+            ),
             ("k64", SamplingParams { temperature: 1.0, top_k: 64, ..Default::default() }),
             ("k256", SamplingParams { temperature: 1.0, top_k: 256, ..Default::default() }),
             ("k1024", SamplingParams { temperature: 1.0, top_k: 1024, ..Default::default() }),

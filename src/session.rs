@@ -36,7 +36,12 @@ pub struct Completion {
 }
 
 impl Session {
-    pub fn new(engine: Engine, tokenizer: Tokenizer, template: Option<ChatTemplate>, generation_config: Option<&str>) -> Session {
+    pub fn new(
+        engine: Engine,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        generation_config: Option<&str>,
+    ) -> Session {
         let mut eos = tokenizer.eos_ids();
         for id in &engine.config().eos_token_ids {
             if !eos.contains(id) {
@@ -90,7 +95,12 @@ impl Session {
 
     /// Token ids of a chat, rendered with the model's own template. User text can never
     /// produce control tokens.
-    pub fn chat_tokens(&self, messages: &[Message], enable_thinking: bool, tools: Option<serde_json::Value>) -> Result<Vec<u32>> {
+    pub fn chat_tokens(
+        &self,
+        messages: &[Message],
+        enable_thinking: bool,
+        tools: Option<serde_json::Value>,
+    ) -> Result<Vec<u32>> {
         let template = self
             .template
             .as_ref()

@@ -168,7 +168,11 @@ fn webqwen_with_input<S: AsRef<std::ffi::OsStr>>(args: &[S], input: Option<&str>
     let cmd = std::iter::once("webqwen".to_string())
         .chain(args.iter().map(|a| {
             let s = a.as_ref().to_string_lossy().into_owned();
-            if s.contains(char::is_whitespace) || s.is_empty() { format!("{s:?}") } else { s }
+            if s.contains(char::is_whitespace) || s.is_empty() {
+                format!("{s:?}")
+            } else {
+                s
+            }
         }))
         .collect::<Vec<_>>()
         .join(" ");
@@ -315,7 +319,12 @@ fn read_npy_f32(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let shape_str = compact.split("'shape':(").nth(1).and_then(|r| r.split(')').next()).expect("shape");
     let shape: Vec<usize> = shape_str.split(',').filter(|d| !d.is_empty()).map(|d| d.parse().unwrap()).collect();
     let data = &bytes[start + header_len..];
-    assert_eq!(data.len(), shape.iter().product::<usize>() * 4, "{}: data length does not match the shape", path.display());
+    assert_eq!(
+        data.len(),
+        shape.iter().product::<usize>() * 4,
+        "{}: data length does not match the shape",
+        path.display()
+    );
     (shape, data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
 }
 
@@ -355,8 +364,18 @@ fn check_generate(name: &str) {
     let want = ids(&greedy["tokens"]);
     let prompt_arg = id_list(&prompt);
     let run = webqwen(&[
-        "generate", "--model", s(&dir), "--token-ids", &prompt_arg, "--temperature", "0", "--max-tokens", "16", "--json",
-        "--kv-cache", "f32",
+        "generate",
+        "--model",
+        s(&dir),
+        "--token-ids",
+        &prompt_arg,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "16",
+        "--json",
+        "--kv-cache",
+        "f32",
     ])
     .ok();
     let v = run.json();
@@ -384,7 +403,18 @@ fn check_logits(name: &str) {
     let tokens = ids(&read_json(&dir.join("reference/logits_tokens.json")));
     let tmp = TempDir::new("logits");
     let out = tmp.join("logits.npy");
-    let run = webqwen(&["logits", "--model", s(&dir), "--token-ids", &id_list(&tokens), "--out", s(&out), "--kv-cache", "f32"]).ok();
+    let run = webqwen(&[
+        "logits",
+        "--model",
+        s(&dir),
+        "--token-ids",
+        &id_list(&tokens),
+        "--out",
+        s(&out),
+        "--kv-cache",
+        "f32",
+    ])
+    .ok();
     assert!(out.exists(), "no {}: {}", out.display(), run.describe());
     let (shape, ours) = read_npy_f32(&out);
     assert_eq!(shape, vec![tokens.len(), VOCAB], "logits shape");
@@ -405,7 +435,17 @@ fn check_logits(name: &str) {
 fn check_perplexity(name: &str) {
     let Some(dir) = fixture(name) else { return };
     let want = read_json(&dir.join("reference/ppl.json"));
-    let run = webqwen(&["perplexity", "--model", s(&dir), "--text", s(&dir.join("reference/ppl.txt")), "--json", "--kv-cache", "f32"]).ok();
+    let run = webqwen(&[
+        "perplexity",
+        "--model",
+        s(&dir),
+        "--text",
+        s(&dir.join("reference/ppl.txt")),
+        "--json",
+        "--kv-cache",
+        "f32",
+    ])
+    .ok();
     let v = run.json();
     let (ppl, ppl_mlx) = (num(&v, "ppl"), num(&want, "ppl"));
     let rel = (ppl - ppl_mlx).abs() / ppl_mlx;
@@ -447,7 +487,15 @@ fn info_model_prints_shapes_and_quantization() {
 fn info_moe_model_prints_experts_and_memory_split() {
     let Some(dir) = fixture("moe_mixed") else { return };
     let run = webqwen(&["info", "--model", s(&dir)]).ok();
-    for want in ["qwen3_moe", "experts: 8 per MoE layer, top-2", "1 of 4 layers MoE", "mlp.gate", "switch_mlp", "memory:", "MiB of experts"] {
+    for want in [
+        "qwen3_moe",
+        "experts: 8 per MoE layer, top-2",
+        "1 of 4 layers MoE",
+        "mlp.gate",
+        "switch_mlp",
+        "memory:",
+        "MiB of experts",
+    ] {
         assert!(run.stdout.contains(want), "no {want:?}: {}", run.describe());
     }
     let Some(dir) = fixture("moe_hf") else { return };
@@ -514,7 +562,16 @@ fn synth_writes_a_loadable_model_dir() {
 #[ignore = "minutes on lavapipe; run with --include-ignored on a GPU"]
 fn bench_synthetic_json_counters() {
     let run = webqwen(&[
-        "bench", "--synthetic", "0.6b", "--prompt-tokens", "8", "--gen-tokens", "4", "--json", "--context", "256",
+        "bench",
+        "--synthetic",
+        "0.6b",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "4",
+        "--json",
+        "--context",
+        "256",
     ])
     .ok();
     let v = run.json();
@@ -642,12 +699,15 @@ fn bad_model_tensor_shape_contradicts_config() {
 fn bad_model_missing_tensor() {
     let Some(dir) = fixture(BASE) else { return };
     // (tensor, what the message must name)
-    each_tensor_missing(&dir, &[
-        ("model.norm.weight", "model.norm.weight"),
-        ("model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"),
-        // A quantized matrix without its scales: at least the module must be named.
-        ("model.layers.1.mlp.up_proj.scales", "model.layers.1.mlp.up_proj"),
-    ]);
+    each_tensor_missing(
+        &dir,
+        &[
+            ("model.norm.weight", "model.norm.weight"),
+            ("model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"),
+            // A quantized matrix without its scales: at least the module must be named.
+            ("model.layers.1.mlp.up_proj.scales", "model.layers.1.mlp.up_proj"),
+        ],
+    );
 }
 
 /// For each (tensor, name the message must contain): a copy of the model whose tensor is renamed
@@ -669,11 +729,14 @@ fn each_tensor_missing(dir: &Path, cases: &[(&str, &str)]) {
 #[test]
 fn bad_moe_missing_or_misshapen_expert_tensors() {
     let Some(dir) = fixture("moe_e8k2_q4") else { return };
-    each_tensor_missing(&dir, &[
-        ("model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.weight"),
-        ("model.layers.0.mlp.switch_mlp.down_proj.weight", "model.layers.0.mlp.switch_mlp.down_proj"),
-        ("model.layers.1.mlp.switch_mlp.up_proj.scales", "model.layers.1.mlp.switch_mlp.up_proj"),
-    ]);
+    each_tensor_missing(
+        &dir,
+        &[
+            ("model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.weight"),
+            ("model.layers.0.mlp.switch_mlp.down_proj.weight", "model.layers.0.mlp.switch_mlp.down_proj"),
+            ("model.layers.1.mlp.switch_mlp.up_proj.scales", "model.layers.1.mlp.switch_mlp.up_proj"),
+        ],
+    );
     for (key, factor, named) in [("moe_intermediate_size", 2, "switch_mlp"), ("num_experts", 2, "mlp.gate")] {
         let tmp = copy_model(&dir, "moe-shape");
         edit_config(tmp.path(), |c| {
@@ -715,8 +778,11 @@ fn bad_config_model_type() {
     edit_config(tmp.path(), |c| {
         c.insert("model_type".into(), "llama".into());
     });
-    webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
-        .fails_with(&["llama", "model_type", "qwen3"]);
+    webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"]).fails_with(&[
+        "llama",
+        "model_type",
+        "qwen3",
+    ]);
 }
 
 #[test]
@@ -813,8 +879,18 @@ fn bad_negative_number_without_equals_sign_is_not_a_panic() {
 fn bad_max_storage_binding() {
     webqwen(&["info", "--max-storage-binding", "100"]).fails_with(&["--max-storage-binding", "100"]);
     let Some(dir) = fixture(BASE) else { return };
-    webqwen(&["generate", "--model", s(&dir), "--token-ids", "1,2,3", "--max-tokens", "1", "--max-storage-binding", "100"])
-        .fails_with(&["--max-storage-binding", "too small"]);
+    webqwen(&[
+        "generate",
+        "--model",
+        s(&dir),
+        "--token-ids",
+        "1,2,3",
+        "--max-tokens",
+        "1",
+        "--max-storage-binding",
+        "100",
+    ])
+    .fails_with(&["--max-storage-binding", "too small"]);
 }
 
 #[test]
@@ -850,7 +926,8 @@ fn generate_prompt_with_chat_template() {
     assert!(["length", "eos"].contains(&stop), "stop_reason {stop:?}: {v}");
 
     // --no-think: the template closes an empty think block.
-    let run = webqwen(&["generate", "--model", s(&dir), "--prompt", "hi", "--max-tokens", "2", "--no-think", "--json"]).ok();
+    let run =
+        webqwen(&["generate", "--model", s(&dir), "--prompt", "hi", "--max-tokens", "2", "--no-think", "--json"]).ok();
     let v = run.json();
     let templated = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
     assert_eq!(v["prompt_tokens"].as_u64(), Some(count(templated)), "prompt_tokens with --no-think: {v}");
@@ -884,7 +961,8 @@ fn generate_prompt_cannot_inject_special_tokens() {
     );
 
     // --raw is the trusted path: there the special strings are honoured.
-    let run = webqwen(&["generate", "--model", s(&dir), "--prompt", injection, "--raw", "--max-tokens", "1", "--json"]).ok();
+    let run =
+        webqwen(&["generate", "--model", s(&dir), "--prompt", injection, "--raw", "--max-tokens", "1", "--json"]).ok();
     let v = run.json();
     assert_eq!(v["prompt_tokens"].as_u64(), Some(as_control), "--raw honours special tokens: {v}");
 }
@@ -1003,7 +1081,9 @@ fn chat_survives_a_full_context() {
 #[test]
 fn generate_text_mode_says_why_it_stopped() {
     let Some(dir) = fixture(BASE) else { return };
-    let run = webqwen(&["generate", "--model", s(&dir), "--token-ids", "1,2,3", "--max-tokens", "2", "--temperature", "0"]).ok();
+    let run =
+        webqwen(&["generate", "--model", s(&dir), "--token-ids", "1,2,3", "--max-tokens", "2", "--temperature", "0"])
+            .ok();
     assert!(run.stderr.contains("length limit reached"), "{}", run.describe());
 }
 
@@ -1012,7 +1092,8 @@ fn logits_out_in_a_missing_directory_fails_before_loading() {
     let Some(dir) = fixture(BASE) else { return };
     let tmp = TempDir::new("logits-out");
     let out = tmp.join("no/such/dir/logits.npy");
-    let run = webqwen(&["logits", "--model", s(&dir), "--token-ids", "1,2,3", "--out", s(&out)]).fails_with(&["no/such/dir"]);
+    let run =
+        webqwen(&["logits", "--model", s(&dir), "--token-ids", "1,2,3", "--out", s(&out)]).fails_with(&["no/such/dir"]);
     assert!(!run.stderr.contains("loading weights"), "{}", run.describe());
 }
 

@@ -33,7 +33,8 @@ fn fixtures() -> Option<PathBuf> {
 }
 
 fn load(dir: &Path, opts: &LoadOptions) -> Session {
-    pollster::block_on(Session::load_dir(dir, opts, &mut |_, _| {})).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+    pollster::block_on(Session::load_dir(dir, opts, &mut |_, _| {}))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
 fn read_json(p: &Path) -> serde_json::Value {
@@ -74,7 +75,9 @@ fn compare_logits(name: &str, ours: &[f32], reference: &[f32], vocab: usize) -> 
 
 /// `n` greedy tokens after `prompt` (reusing whatever KV prefix the engine holds).
 fn greedy(session: &mut Session, prompt: &[u32], n: usize) -> Vec<u32> {
-    pollster::block_on(session.engine.generate(prompt, &SamplingParams::default(), n, &[], &mut |_| true)).unwrap().tokens
+    pollster::block_on(session.engine.generate(prompt, &SamplingParams::default(), n, &[], &mut |_| true))
+        .unwrap()
+        .tokens
 }
 
 /// Options with mlx-lm's float32 math: an f32 KV cache.
@@ -121,7 +124,11 @@ fn check_model(name: &str, f16_kv: bool) {
     session.engine.reset();
     assert_eq!(greedy(&mut session, &prompt, want.len()), want, "{name}: greedy tokens differ from mlx-lm");
     // And again reusing the cached prompt prefix (a second chat turn does this).
-    assert_eq!(greedy(&mut session, &prompt, want.len()), want, "{name}: greedy tokens differ when the KV prefix is reused");
+    assert_eq!(
+        greedy(&mut session, &prompt, want.len()),
+        want,
+        "{name}: greedy tokens differ when the KV prefix is reused"
+    );
     drop(session);
 
     // Split into 1 MiB bindings, no f16, no subgroups: the same numbers.
@@ -160,10 +167,18 @@ fn check_model(name: &str, f16_kv: bool) {
     let half_stats = compare_logits(&format!("{name} (f16 KV cache)"), &half_logits, &ref_logits, vocab);
     let (half_nll, _) = pollster::block_on(webqwen::engine::perplexity(&mut half.engine, &ppl_ids)).unwrap();
     let half_ppl_rel = (half_nll.exp() - ppl_mlx).abs() / ppl_mlx;
-    assert!(half_ppl_rel <= PPL_REL_MAX, "{name}: f16 KV cache: perplexity {} vs mlx-lm {ppl_mlx} ({half_ppl_rel:.2e} relative)", half_nll.exp());
+    assert!(
+        half_ppl_rel <= PPL_REL_MAX,
+        "{name}: f16 KV cache: perplexity {} vs mlx-lm {ppl_mlx} ({half_ppl_rel:.2e} relative)",
+        half_nll.exp()
+    );
     half.engine.reset();
     let half_greedy = greedy(&mut half, &prompt, want.len());
-    assert_eq!(greedy(&mut half, &prompt, want.len()), half_greedy, "{name}: f16 KV cache: greedy tokens change when the KV prefix is reused");
+    assert_eq!(
+        greedy(&mut half, &prompt, want.len()),
+        half_greedy,
+        "{name}: f16 KV cache: greedy tokens change when the KV prefix is reused"
+    );
     let agree = half_greedy.iter().zip(&want).take_while(|(a, b)| a == b).count();
     println!(
         "{name}: f16 KV cache: worst rel L2 {:.2e}, ppl {:.1e} relative, first {agree}/{} greedy tokens equal mlx-lm's",
@@ -177,7 +192,10 @@ macro_rules! parity {
     ($($name:ident),* $(,)?) => { $( #[test] fn $name() { check_model(stringify!($name), true); } )* };
 }
 
-parity!(q4_g64, q4_g32, q4_g128, q8_g64, q6_g64, q3_g64, q2_g64, q5_g32, bf16, untied_q4, headdim_q4, mixed, mixed_3_6, unq_layer);
+parity!(
+    q4_g64, q4_g32, q4_g128, q8_g64, q6_g64, q3_g64, q2_g64, q5_g32, bf16, untied_q4, headdim_q4, mixed, mixed_3_6,
+    unq_layer
+);
 
 // Qwen3-MoE: 8 experts top-2 (4-bit); 16 experts top-4 without norm_topk_prob (8-bit, untied);
 // a mixed dense/MoE stack (decoder_sparse_step 2, mlp_only_layers) with a 4-bit router;
@@ -242,7 +260,8 @@ fn weights_pushed_in_odd_chunks_load_identically() {
         let want = pollster::block_on(reference.engine.logits(&tokens)).unwrap();
         drop(reference);
 
-        let config = webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let config =
+            webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let (index, _) = webqwen::weights::open_dir(&dir).unwrap();
         let mut loading = pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &opts)).unwrap();
         let sizes = [1usize, 3, 7, 4096, 5, 65_537, 2, 1 << 20, 13];
@@ -273,7 +292,8 @@ fn weights_pushed_incompletely_are_an_error() {
     let dir = root.join("q4_g64");
     let config = webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let (index, _) = webqwen::weights::open_dir(&dir).unwrap();
-    let mut loading = pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &LoadOptions::default())).unwrap();
+    let mut loading =
+        pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &LoadOptions::default())).unwrap();
     let bytes = std::fs::read(&index.files[0]).unwrap();
     loading.write(0, 0, &bytes[..bytes.len() - 1000]).unwrap();
     let err = loading.finish().err().expect("a truncated stream must fail");

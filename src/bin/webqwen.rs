@@ -19,7 +19,11 @@ use webqwen::session::{CompletionRequest, Session};
 use webqwen::ModelConfig;
 
 #[derive(Parser)]
-#[command(name = "webqwen", version, about = "Qwen3 (official MLX releases) on WebGPU: chat, generate, score and benchmark")]
+#[command(
+    name = "webqwen",
+    version,
+    about = "Qwen3 (official MLX releases) on WebGPU: chat, generate, score and benchmark"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -191,7 +195,11 @@ impl SamplingArgs {
 impl GpuArgs {
     fn load_options(&self) -> LoadOptions {
         LoadOptions {
-            gpu: GpuOptions { max_storage_binding: self.max_storage_binding, no_f16: self.no_f16, no_subgroups: self.no_subgroups },
+            gpu: GpuOptions {
+                max_storage_binding: self.max_storage_binding,
+                no_f16: self.no_f16,
+                no_subgroups: self.no_subgroups,
+            },
             model: ModelOptions {
                 context: self.context.map(|c| c as usize),
                 kv_cache: self.kv_cache.parse().expect("clap allows only f16 and f32"),
@@ -280,7 +288,10 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
     if let Some(s) = &system {
         history.push(Message::new("system", s));
     }
-    eprintln!("webqwen chat. Commands: /reset, /think on|off, /quit. Ctrl-C stops an answer. Thinking is {}.", on_off(thinking));
+    eprintln!(
+        "webqwen chat. Commands: /reset, /think on|off, /quit. Ctrl-C stops an answer. Thinking is {}.",
+        on_off(thinking)
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!("\n> ");
@@ -313,7 +324,11 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
         }
         let turn_start = history.len();
         history.push(Message::new("user", line));
-        let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens as usize, stop: vec![] };
+        let req = CompletionRequest {
+            params: sampling.params(&session.defaults),
+            max_tokens: sampling.max_tokens as usize,
+            stop: vec![],
+        };
         // Leave the answer room: up to a quarter of the context, at least one token.
         let room = req.max_tokens.min(session.engine.model.context / 4).max(1);
         let prompt = match fitted_prompt(&session, &mut history, thinking, room) {
@@ -411,7 +426,11 @@ fn fitted_prompt(session: &Session, history: &mut Vec<Message>, thinking: bool, 
 }
 
 fn on_off(b: bool) -> &'static str {
-    if b { "on" } else { "off" }
+    if b {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -432,7 +451,11 @@ async fn generate(
         (None, Some(p)) => session.chat_tokens(&[Message::new("user", &p)], thinking, None)?,
         (None, None) => bail!("give --prompt or --token-ids"),
     };
-    let req = CompletionRequest { params: sampling.params(&session.defaults), max_tokens: sampling.max_tokens as usize, stop };
+    let req = CompletionRequest {
+        params: sampling.params(&session.defaults),
+        max_tokens: sampling.max_tokens as usize,
+        stop,
+    };
     let done = session
         .complete(&tokens, &req, &mut |ev| {
             if !json {
@@ -595,7 +618,8 @@ async fn info(model: Option<String>, gpu: GpuArgs) -> Result<()> {
 }
 
 fn model_info(dir: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("{}/config.json", dir.display()))?;
+    let text =
+        std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("{}/config.json", dir.display()))?;
     let c = ModelConfig::from_json(&text)?;
     let (index, _) = webqwen::weights::open_dir(dir)?;
     println!("model: {}", dir.display());
@@ -617,12 +641,21 @@ fn model_info(dir: &Path) -> Result<()> {
             "  quantization: affine {} bits, group {}{}",
             q.default.bits,
             q.default.group_size,
-            if q.overrides.is_empty() { String::new() } else { format!(", {} per-module overrides", q.overrides.len()) }
+            if q.overrides.is_empty() {
+                String::new()
+            } else {
+                format!(", {} per-module overrides", q.overrides.len())
+            }
         ),
         None => println!("  quantization: none"),
     }
     let bytes: u64 = index.tensors.values().map(|t| t.len).sum();
-    println!("  weights: {} tensors in {} file(s), {:.1} MiB", index.tensors.len(), index.files.len(), bytes as f64 / (1 << 20) as f64);
+    println!(
+        "  weights: {} tensors in {} file(s), {:.1} MiB",
+        index.tensors.len(),
+        index.files.len(),
+        bytes as f64 / (1 << 20) as f64
+    );
     let quant = c.quantization.as_ref();
     let mut shown = vec![
         ("model.embed_tokens".to_string(), c.vocab_size, c.hidden_size),
@@ -652,7 +685,14 @@ fn model_info(dir: &Path) -> Result<()> {
             println!("  {router}: [{}, {}] {}", m.num_experts, c.hidden_size, f.describe());
             let stacked = format!("model.layers.{l}.mlp.switch_mlp.down_proj");
             let layout = if index.get(&format!("{stacked}.weight")).is_some() {
-                let (f, _) = webqwen::model::linear::stacked_format(&index, quant, &stacked, Some(m.num_experts), c.hidden_size, m.moe_intermediate_size)?;
+                let (f, _) = webqwen::model::linear::stacked_format(
+                    &index,
+                    quant,
+                    &stacked,
+                    Some(m.num_experts),
+                    c.hidden_size,
+                    m.moe_intermediate_size,
+                )?;
                 format!("{} (stacked)", f.describe())
             } else {
                 "Hugging Face per-expert tensors (stacked at load)".to_string()
@@ -677,5 +717,9 @@ fn model_info(dir: &Path) -> Result<()> {
 }
 
 fn yes_no(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }

@@ -85,9 +85,9 @@ impl Gpu {
             max_binding = max_binding.min(m);
         }
         max_binding &= !255; // keep pieces nicely aligned
-        // wgpu's default reaction to an error outside a scope, or to a lost device, is to panic
-        // (natively) or to log it (on the web). Record it instead: the next wait or readback
-        // turns it into an `Error::Gpu`, and the caller decides what to do.
+                             // wgpu's default reaction to an error outside a scope, or to a lost device, is to panic
+                             // (natively) or to log it (on the web). Record it instead: the next wait or readback
+                             // turns it into an `Error::Gpu`, and the caller decides what to do.
         let failure: Arc<Mutex<Option<String>>> = Arc::default();
         let record = failure.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| note_failure(&record, describe_gpu_error(&e))));
@@ -131,7 +131,10 @@ impl Gpu {
         let errors = [internal.pop().await, validation.pop().await, oom.pop().await];
         if let Some(e) = errors.into_iter().flatten().next() {
             let mib = self.allocated_bytes() as f64 / (1 << 20) as f64;
-            return Err(Error::Gpu(format!("{what}, with {mib:.1} MiB of GPU memory allocated: {}", describe_gpu_error(&e))));
+            return Err(Error::Gpu(format!(
+                "{what}, with {mib:.1} MiB of GPU memory allocated: {}",
+                describe_gpu_error(&e)
+            )));
         }
         self.check()?;
         result
@@ -143,7 +146,11 @@ impl Gpu {
 
     /// A storage buffer of `size` bytes (rounded up to 4), zero-initialised.
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
-        self.buffer(label, size, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC)
+        self.buffer(
+            label,
+            size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        )
     }
 
     pub fn uniform(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
@@ -159,7 +166,12 @@ impl Gpu {
             )));
         }
         self.allocated.fetch_add(size, Ordering::Relaxed);
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }))
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        }))
     }
 
     /// Copy `size` bytes at `offset` of `src` back to the host. Waits for the GPU; on the web it
@@ -186,7 +198,11 @@ impl Gpu {
 
     /// Like `map_read`, but natively waits only for submission `after` (later submissions keep
     /// running), which is what lets decoding overlap the readback with the next step.
-    pub async fn map_read_after(&self, staging: &wgpu::Buffer, after: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>> {
+    pub async fn map_read_after(
+        &self,
+        staging: &wgpu::Buffer,
+        after: Option<wgpu::SubmissionIndex>,
+    ) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -232,7 +248,9 @@ fn describe_gpu_error(e: &wgpu::Error) -> String {
         wgpu::Error::OutOfMemory { .. } => "the GPU ran out of memory; try a smaller model, a shorter --context or \
              --kv-cache f16, or close other programs that use the GPU"
             .into(),
-        wgpu::Error::Validation { description, .. } => format!("the GPU rejected a command (a webqwen bug; please report it): {description}"),
+        wgpu::Error::Validation { description, .. } => {
+            format!("the GPU rejected a command (a webqwen bug; please report it): {description}")
+        }
         wgpu::Error::Internal { description, .. } => format!("the GPU driver failed: {description}"),
     }
 }

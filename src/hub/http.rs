@@ -69,11 +69,7 @@ impl Client {
             .timeout_write(Duration::from_secs(60))
             .user_agent(concat!("webqwen/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Client {
-            agent,
-            endpoint,
-            token,
-        })
+        Ok(Client { agent, endpoint, token })
     }
 
     /// `endpoint` without a trailing slash, for messages.
@@ -112,10 +108,7 @@ impl Client {
             let response = match request.call() {
                 Ok(response) => response,
                 Err(ureq::Error::Status(status, response)) => {
-                    let code = response
-                        .header("x-error-code")
-                        .unwrap_or_default()
-                        .to_string();
+                    let code = response.header("x-error-code").unwrap_or_default().to_string();
                     return Err(Failure::Status { status, code, url });
                 }
                 Err(ureq::Error::Transport(err)) => return Err(Failure::Network(err.to_string())),
@@ -126,17 +119,11 @@ impl Client {
                 etag = header("x-linked-etag").or_else(|| header("etag")).or(etag);
             }
             if !(300..400).contains(&response.status()) {
-                return Ok(Answer {
-                    response,
-                    commit,
-                    etag,
-                });
+                return Ok(Answer { response, commit, etag });
             }
             let location = response.header("location").unwrap_or_default();
             url = match url.join(location) {
-                Ok(next) if !location.is_empty() && matches!(next.scheme(), "http" | "https") => {
-                    next
-                }
+                Ok(next) if !location.is_empty() && matches!(next.scheme(), "http" | "https") => next,
                 _ => {
                     return Err(Failure::Network(format!(
                         "{url} answered {} with an unusable redirect {}",
@@ -146,20 +133,13 @@ impl Client {
                 }
             };
         }
-        Err(Failure::Network(format!(
-            "more than {MAX_REDIRECTS} redirects from {url}"
-        )))
+        Err(Failure::Network(format!("more than {MAX_REDIRECTS} redirects from {url}")))
     }
 
     /// The listing of `revision`. The inner `Err` is a failure to get an
     /// answer (unreachable, 5xx), where a cached copy can stand in; an answer
     /// like 404 is the outer error.
-    pub(crate) fn listing(
-        &self,
-        repo_id: &str,
-        revision: &str,
-        spec: &str,
-    ) -> Result<Result<Listing, String>> {
+    pub(crate) fn listing(&self, repo_id: &str, revision: &str, spec: &str) -> Result<Result<Listing, String>> {
         let mut segments = vec!["api", "models"];
         segments.extend(repo_id.split('/'));
         segments.extend(["revision", revision]);
@@ -189,18 +169,11 @@ impl Client {
             }
         };
         let mut body = Vec::new();
-        if let Err(e) = answer
-            .response
-            .into_reader()
-            .take(MAX_LISTING_BYTES + 1)
-            .read_to_end(&mut body)
-        {
+        if let Err(e) = answer.response.into_reader().take(MAX_LISTING_BYTES + 1).read_to_end(&mut body) {
             return Ok(Err(format!("reading the answer of {url}: {e}")));
         }
         if body.len() as u64 > MAX_LISTING_BYTES {
-            bail!(
-                "{endpoint} sent a file listing for {spec} larger than {MAX_LISTING_BYTES} bytes"
-            );
+            bail!("{endpoint} sent a file listing for {spec} larger than {MAX_LISTING_BYTES} bytes");
         }
         Listing::parse(&body, endpoint).map(Ok)
     }
@@ -219,11 +192,7 @@ impl Client {
         let bar = progress_bar(file, progress);
         let (mut resume, mut failures) = (true, 0);
         loop {
-            let have = if resume {
-                fs::metadata(partial).map_or(0, |m| m.len())
-            } else {
-                0
-            };
+            let have = if resume { fs::metadata(partial).map_or(0, |m| m.len()) } else { 0 };
             let from = if have > file.size { 0 } else { have };
             let err = match self.attempt(url, file, commit, partial, from, &bar) {
                 Ok(hex) if hex == file.digest.hex() => {
@@ -261,10 +230,7 @@ impl Client {
             failures += 1;
             if failures > RETRIES {
                 bar.abandon();
-                return Err(err.context(format!(
-                    "giving up on {} after {failures} attempts",
-                    file.name
-                )));
+                return Err(err.context(format!("giving up on {} after {failures} attempts", file.name)));
             }
             if progress {
                 bar.suspend(|| eprintln!("note: {err:#}; trying again"));
@@ -298,30 +264,21 @@ impl Client {
             .with_context(|| format!("reading {}", partial.display()))
             .map_err(fatal)?;
         if kept < from {
-            return Err(Attempt::Restart(anyhow!(
-                "{} shrank while resuming",
-                partial.display()
-            )));
+            return Err(Attempt::Restart(anyhow!("{} shrank while resuming", partial.display())));
         }
         if from == file.size {
             return Ok(hasher.finish()); // an earlier run got it all
         }
 
-        let answer = self
-            .get(url, (from > 0).then_some(from))
-            .map_err(|failure| self.explain(failure, &file.name))?;
-        self.check_hub_answer(&answer, file, commit)
-            .map_err(fatal)?;
+        let answer = self.get(url, (from > 0).then_some(from)).map_err(|failure| self.explain(failure, &file.name))?;
+        self.check_hub_answer(&answer, file, commit).map_err(fatal)?;
         let response = answer.response;
         let host = response.get_url().to_string();
         let start = match response.status() {
             200 => 0,
             206 => {
                 let range = response.header("content-range");
-                let expected = file
-                    .size
-                    .checked_sub(1)
-                    .map(|last| (from, last, Some(file.size)));
+                let expected = file.size.checked_sub(1).map(|last| (from, last, Some(file.size)));
                 let sent = range.and_then(content_range);
                 if sent.is_none() || sent != expected {
                     return Err(Attempt::Restart(anyhow!(
@@ -336,10 +293,7 @@ impl Client {
             status => return Err(fatal(anyhow!("{host} answered {status} for {}", file.name))),
         };
         let remaining = file.size - start;
-        if let Some(len) = response
-            .header("content-length")
-            .and_then(|l| l.trim().parse::<u64>().ok())
-        {
+        if let Some(len) = response.header("content-length").and_then(|l| l.trim().parse::<u64>().ok()) {
             if len != remaining {
                 return Err(fatal(anyhow!(
                     "{host} sends {len} bytes for {} from byte {start}, but the hub's listing gives \
@@ -352,8 +306,7 @@ impl Client {
         if start == 0 {
             hasher = Hasher::new(&file.digest, file.size);
         }
-        let write_err =
-            |e: std::io::Error| fatal(anyhow!(e).context(format!("writing {}", partial.display())));
+        let write_err = |e: std::io::Error| fatal(anyhow!(e).context(format!("writing {}", partial.display())));
         out.set_len(start).map_err(write_err)?;
         out.seek(SeekFrom::Start(start)).map_err(write_err)?;
         bar.set_position(start);
@@ -388,11 +341,7 @@ impl Client {
             bar.set_position(pos);
         }
         if pos < file.size {
-            return Err(Attempt::Retry(anyhow!(
-                "the download of {} ended at byte {pos} of {}",
-                file.name,
-                file.size
-            )));
+            return Err(Attempt::Retry(anyhow!("the download of {} ended at byte {pos} of {}", file.name, file.size)));
         }
         out.sync_all().map_err(write_err)?;
         Ok(hasher.finish())
@@ -411,10 +360,7 @@ impl Client {
                 );
             }
             if sent != commit {
-                bail!(
-                    "{endpoint} answered for {} with commit {sent}, not {commit}; refusing it",
-                    file.name
-                );
+                bail!("{endpoint} answered for {} with commit {sent}, not {commit}; refusing it", file.name);
             }
         }
         if let Some(sent) = &answer.etag {
@@ -446,9 +392,9 @@ impl Client {
                 "downloading {name} failed: {message}; check the network, or point HF_ENDPOINT at a \
                  reachable hub or mirror (now {endpoint})"
             )),
-            Failure::Status { status: 401 | 403, url, .. } => Attempt::Fatal(anyhow!(
-                "access to {url} denied (HTTP 401/403); set HF_TOKEN (gated or private repo)"
-            )),
+            Failure::Status { status: 401 | 403, url, .. } => {
+                Attempt::Fatal(anyhow!("access to {url} denied (HTTP 401/403); set HF_TOKEN (gated or private repo)"))
+            }
             Failure::Status { status: 416, url, .. } => {
                 Attempt::Restart(anyhow!("{url} cannot resume {name} (HTTP 416)"))
             }
@@ -468,11 +414,7 @@ fn content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = range.split_once('-')?;
     let num = |s: &str| s.trim().parse::<u64>().ok();
-    let total = if total.trim() == "*" {
-        None
-    } else {
-        Some(num(total)?)
-    };
+    let total = if total.trim() == "*" { None } else { Some(num(total)?) };
     Some((num(first)?, num(last)?, total))
 }
 
@@ -497,15 +439,7 @@ mod tests {
     fn content_ranges() {
         assert_eq!(content_range("bytes 5-9/10"), Some((5, 9, Some(10))));
         assert_eq!(content_range(" bytes 0-0/*"), Some((0, 0, None)));
-        for bad in [
-            "",
-            "bytes */10",
-            "bytes 5-/10",
-            "5-9/10",
-            "bytes 5-9",
-            "bytes a-9/10",
-            "bytes -1-9/10",
-        ] {
+        for bad in ["", "bytes */10", "bytes 5-/10", "5-9/10", "bytes 5-9", "bytes a-9/10", "bytes -1-9/10"] {
             assert_eq!(content_range(bad), None, "{bad}");
         }
     }
@@ -541,11 +475,7 @@ mod tests {
         let commit = "0123456789abcdef0123456789abcdef01234567";
         let check = |commit_header: Option<&str>, etag: Option<&str>| {
             let response = ureq::Response::new(200, "OK", "").unwrap();
-            let answer = Answer {
-                response,
-                commit: commit_header.map(str::to_string),
-                etag: etag.map(str::to_string),
-            };
+            let answer = Answer { response, commit: commit_header.map(str::to_string), etag: etag.map(str::to_string) };
             client.check_hub_answer(&answer, &file(sha, Some(blob)), commit)
         };
         check(Some(commit), Some(&format!("\"{sha}\""))).unwrap();
@@ -553,18 +483,10 @@ mod tests {
         check(None, None).unwrap();
         for (c, e, says) in [
             (Some("../../.."), None, "x-repo-commit"),
-            (
-                Some("1123456789abcdef0123456789abcdef01234567"),
-                None,
-                "not 0123",
-            ),
+            (Some("1123456789abcdef0123456789abcdef01234567"), None, "not 0123"),
             (None, Some("\"/an/absolute/path\""), "not a hex hash"),
             (None, Some("../../../../x"), "not a hex hash"),
-            (
-                None,
-                Some("\"1891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03\""),
-                "listing gives",
-            ),
+            (None, Some("\"1891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03\""), "listing gives"),
         ] {
             let err = check(c, e).unwrap_err().to_string();
             assert!(err.contains(says), "{c:?} {e:?}: {err}");

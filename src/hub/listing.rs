@@ -104,9 +104,7 @@ pub(crate) fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty()
         && !name.contains(['\\', '\0'])
         && name.split('/').all(|part| !matches!(part, "" | "." | ".."))
-        && Path::new(name)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
+        && Path::new(name).components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// A server-sent value in an error message: quoted, and cut short.
@@ -161,8 +159,8 @@ impl Listing {
     /// Parses the hub's JSON and checks the commit id and every file in it;
     /// `source` names the hub in errors.
     pub(crate) fn parse(json: &[u8], source: &str) -> Result<Listing> {
-        let info: RawInfo = serde_json::from_slice(json)
-            .map_err(|e| anyhow!("{source} sent an unexpected file listing: {e}"))?;
+        let info: RawInfo =
+            serde_json::from_slice(json).map_err(|e| anyhow!("{source} sent an unexpected file listing: {e}"))?;
         if !is_commit(&info.sha) {
             bail!(
                 "{source} sent {} as the commit id, not 40 lowercase hex digits; refusing it. Is \
@@ -170,15 +168,9 @@ impl Listing {
                 shown(&info.sha)
             );
         }
-        let files = info
-            .siblings
-            .into_iter()
-            .map(|s| Ok((s.rfilename.clone(), checked(s, source)?)))
-            .collect::<Result<_>>()?;
-        Ok(Listing {
-            commit: info.sha,
-            files,
-        })
+        let files =
+            info.siblings.into_iter().map(|s| Ok((s.rfilename.clone(), checked(s, source)?))).collect::<Result<_>>()?;
+        Ok(Listing { commit: info.sha, files })
     }
 
     pub(crate) fn has(&self, name: &str) -> bool {
@@ -186,13 +178,7 @@ impl Listing {
     }
 
     pub(crate) fn file(&self, name: &str) -> Result<&RemoteFile> {
-        self.files.get(name).ok_or_else(|| {
-            anyhow!(
-                "the hub does not list {} at commit {}",
-                shown(name),
-                self.commit
-            )
-        })
+        self.files.get(name).ok_or_else(|| anyhow!("the hub does not list {} at commit {}", shown(name), self.commit))
     }
 }
 
@@ -200,32 +186,21 @@ impl Listing {
 fn checked(sibling: RawSibling, source: &str) -> Result<RemoteFile> {
     let name = sibling.rfilename;
     let refuse = |what: String| {
-        anyhow!(
-            "{source} lists {} with {what}; refusing it. Is HF_ENDPOINT a Hugging Face hub?",
-            shown(&name)
-        )
+        anyhow!("{source} lists {} with {what}; refusing it. Is HF_ENDPOINT a Hugging Face hub?", shown(&name))
     };
     if !is_plain_file_name(&name) {
-        return Err(refuse(
-            "a name that is not a plain relative file name".into(),
-        ));
+        return Err(refuse("a name that is not a plain relative file name".into()));
     }
     let blob_id = match sibling.blob_id {
         Some(id) if !is_hex(&id, 40) => {
-            return Err(refuse(format!(
-                "the blobId {}, not 40 lowercase hex digits",
-                shown(&id)
-            )))
+            return Err(refuse(format!("the blobId {}, not 40 lowercase hex digits", shown(&id))))
         }
         id => id,
     };
     let (digest, size) = match sibling.lfs {
         Some(lfs) => {
             if !is_hex(&lfs.sha256, 64) {
-                return Err(refuse(format!(
-                    "the lfs.sha256 {}, not 64 lowercase hex digits",
-                    shown(&lfs.sha256)
-                )));
+                return Err(refuse(format!("the lfs.sha256 {}, not 64 lowercase hex digits", shown(&lfs.sha256))));
             }
             if let (Some(a), Some(b)) = (lfs.size, sibling.size) {
                 if a != b {
@@ -240,12 +215,7 @@ fn checked(sibling: RawSibling, source: &str) -> Result<RemoteFile> {
         },
     };
     let size = size.ok_or_else(|| refuse("no size".into()))?;
-    Ok(RemoteFile {
-        name,
-        size,
-        digest,
-        blob_id,
-    })
+    Ok(RemoteFile { name, size, digest, blob_id })
 }
 
 #[cfg(test)]
@@ -282,33 +252,16 @@ mod tests {
         ] {
             assert!(!is_commit(bad), "{bad}");
         }
-        assert_eq!(
-            Digest::from_blob_name(SHA),
-            Some(Digest::Sha256(SHA.into()))
-        );
-        assert_eq!(
-            Digest::from_blob_name(BLOB),
-            Some(Digest::GitBlob(BLOB.into()))
-        );
-        for bad in [
-            "",
-            "x",
-            "../../../../secret",
-            &SHA[1..],
-            &format!("{SHA}.verified"),
-        ] {
+        assert_eq!(Digest::from_blob_name(SHA), Some(Digest::Sha256(SHA.into())));
+        assert_eq!(Digest::from_blob_name(BLOB), Some(Digest::GitBlob(BLOB.into())));
+        for bad in ["", "x", "../../../../secret", &SHA[1..], &format!("{SHA}.verified")] {
             assert_eq!(Digest::from_blob_name(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn file_names() {
-        for good in [
-            "config.json",
-            "sub/dir/model-00001-of-00002.safetensors",
-            "a b",
-            ".x",
-        ] {
+        for good in ["config.json", "sub/dir/model-00001-of-00002.safetensors", "a b", ".x"] {
             assert!(is_plain_file_name(good), "{good}");
         }
         for bad in [
@@ -353,67 +306,33 @@ mod tests {
             let name = sib["rfilename"].as_str().unwrap().to_string();
             listing(COMMIT, sib).and_then(|l| l.file(&name).cloned())
         };
-        let git = file(serde_json::json!({"rfilename": "config.json", "size": 6, "blobId": BLOB}))
-            .unwrap();
+        let git = file(serde_json::json!({"rfilename": "config.json", "size": 6, "blobId": BLOB})).unwrap();
         assert_eq!((git.size, git.digest), (6, Digest::GitBlob(BLOB.into())));
-        let lfs = file(
-            serde_json::json!({"rfilename": "m.safetensors", "size": 6, "blobId": BLOB,
-            "lfs": {"sha256": SHA, "size": 6, "pointerSize": 134}}),
-        )
+        let lfs = file(serde_json::json!({"rfilename": "m.safetensors", "size": 6, "blobId": BLOB,
+            "lfs": {"sha256": SHA, "size": 6, "pointerSize": 134}}))
         .unwrap();
         assert_eq!((lfs.size, lfs.digest), (6, Digest::Sha256(SHA.into())));
         assert_eq!(lfs.blob_id.as_deref(), Some(BLOB));
 
         for (sib, says) in [
-            (
-                serde_json::json!({"rfilename": "../../x.json", "size": 6, "blobId": BLOB}),
-                "plain relative",
-            ),
-            (
-                serde_json::json!({"rfilename": "/abs.json", "size": 6, "blobId": BLOB}),
-                "plain relative",
-            ),
-            (
-                serde_json::json!({"rfilename": "a", "size": 6, "blobId": "../../../../secret"}),
-                "blobId",
-            ),
-            (
-                serde_json::json!({"rfilename": "a", "size": 6, "blobId": SHA}),
-                "blobId",
-            ),
+            (serde_json::json!({"rfilename": "../../x.json", "size": 6, "blobId": BLOB}), "plain relative"),
+            (serde_json::json!({"rfilename": "/abs.json", "size": 6, "blobId": BLOB}), "plain relative"),
+            (serde_json::json!({"rfilename": "a", "size": 6, "blobId": "../../../../secret"}), "blobId"),
+            (serde_json::json!({"rfilename": "a", "size": 6, "blobId": SHA}), "blobId"),
             (
                 serde_json::json!({"rfilename": "a", "size": 6,
                 "lfs": {"sha256": "../../../../secret", "size": 6}}),
                 "lfs.sha256",
             ),
-            (
-                serde_json::json!({"rfilename": "a", "size": 6, "lfs": {"sha256": BLOB}}),
-                "lfs.sha256",
-            ),
-            (
-                serde_json::json!({"rfilename": "a", "size": 6, "lfs": {"sha256": SHA, "size": 7}}),
-                "two sizes",
-            ),
-            (
-                serde_json::json!({"rfilename": "a", "blobId": BLOB}),
-                "no size",
-            ),
-            (
-                serde_json::json!({"rfilename": "a", "size": 6}),
-                "no blobId",
-            ),
+            (serde_json::json!({"rfilename": "a", "size": 6, "lfs": {"sha256": BLOB}}), "lfs.sha256"),
+            (serde_json::json!({"rfilename": "a", "size": 6, "lfs": {"sha256": SHA, "size": 7}}), "two sizes"),
+            (serde_json::json!({"rfilename": "a", "blobId": BLOB}), "no size"),
+            (serde_json::json!({"rfilename": "a", "size": 6}), "no blobId"),
         ] {
-            let err = file(sib.clone())
-                .err()
-                .unwrap_or_else(|| panic!("{sib} accepted"))
-                .to_string();
+            let err = file(sib.clone()).err().unwrap_or_else(|| panic!("{sib} accepted")).to_string();
             assert!(err.contains(says), "{sib}: {err}");
         }
-        let l = listing(
-            COMMIT,
-            serde_json::json!({"rfilename": "a", "size": 1, "blobId": BLOB}),
-        )
-        .unwrap();
+        let l = listing(COMMIT, serde_json::json!({"rfilename": "a", "size": 1, "blobId": BLOB})).unwrap();
         assert!(l.has("a") && !l.has("b"));
         assert!(l.file("b").is_err());
     }

@@ -34,10 +34,7 @@ impl RepoCache {
     /// `repo_id` is a checked `owner/name`.
     pub(crate) fn new(cache: &Path, repo_id: &str) -> RepoCache {
         let folder = format!("models--{}", repo_id.replace('/', "--"));
-        RepoCache {
-            dir: cache.join(&folder),
-            locks: cache.join(".locks").join(folder),
-        }
+        RepoCache { dir: cache.join(&folder), locks: cache.join(".locks").join(folder) }
     }
 
     /// `commit` is checked by the caller ([`is_commit`]).
@@ -60,8 +57,7 @@ impl RepoCache {
     /// dropped; waits while another process holds it. `None` where the file
     /// system has no locks: the hash check still keeps a clash out of the cache.
     pub(crate) fn lock(&self, digest: &Digest, name: &str, report: Report) -> Result<Option<File>> {
-        fs::create_dir_all(&self.locks)
-            .with_context(|| format!("creating {}", self.locks.display()))?;
+        fs::create_dir_all(&self.locks).with_context(|| format!("creating {}", self.locks.display()))?;
         let path = self.locks.join(format!("{}.lock", digest.hex()));
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         match fs4::FileExt::try_lock(&file) {
@@ -74,15 +70,11 @@ impl RepoCache {
                         path.display()
                     );
                 }
-                fs4::FileExt::lock(&file)
-                    .with_context(|| format!("waiting for the lock {}", path.display()))?;
+                fs4::FileExt::lock(&file).with_context(|| format!("waiting for the lock {}", path.display()))?;
                 Ok(Some(file))
             }
             Err(fs4::TryLockError::Error(e)) => {
-                log::warn!(
-                    "cannot lock {} ({e}); downloading without a lock",
-                    path.display()
-                );
+                log::warn!("cannot lock {} ({e}); downloading without a lock", path.display());
                 Ok(None)
             }
         }
@@ -104,13 +96,7 @@ impl RepoCache {
     /// downloaded has no stamp and is hashed once. This guards against damaged
     /// and half-written files and bytes of unknown origin, not against someone
     /// who writes the cache on purpose: they could write the stamp too.
-    pub(crate) fn blob_ok(
-        &self,
-        digest: &Digest,
-        size: Option<u64>,
-        name: &str,
-        report: Report,
-    ) -> Result<bool> {
+    pub(crate) fn blob_ok(&self, digest: &Digest, size: Option<u64>, name: &str, report: Report) -> Result<bool> {
         let blob = self.blob(digest);
         let meta = match fs::symlink_metadata(&blob) {
             Ok(meta) => meta,
@@ -121,8 +107,7 @@ impl RepoCache {
         let matches = meta.is_file()
             && size.is_none_or(|size| size == meta.len())
             && (stamped
-                || hash_file(&blob, digest, meta.len())
-                    .with_context(|| format!("reading {}", blob.display()))?
+                || hash_file(&blob, digest, meta.len()).with_context(|| format!("reading {}", blob.display()))?
                     == digest.hex());
         if matches {
             if !stamped {
@@ -132,29 +117,20 @@ impl RepoCache {
         }
         let stamp = stamp_path(&blob);
         if report {
-            eprintln!(
-                "note: the cached {name} ({}) does not match its {}; removing it",
-                blob.display(),
-                digest.kind()
-            );
+            eprintln!("note: the cached {name} ({}) does not match its {}; removing it", blob.display(), digest.kind());
         }
         let _ = fs::remove_file(&stamp);
         if meta.is_dir() {
-            bail!(
-                "{} is a directory, not a blob; remove it and run again",
-                blob.display()
-            );
+            bail!("{} is a directory, not a blob; remove it and run again", blob.display());
         }
-        fs::remove_file(&blob)
-            .with_context(|| format!("removing the damaged {}", blob.display()))?;
+        fs::remove_file(&blob).with_context(|| format!("removing the damaged {}", blob.display()))?;
         Ok(false)
     }
 
     /// Moves a downloaded and checked file into place as `blobs/<hash>`.
     pub(crate) fn store(&self, partial: &Path, digest: &Digest) -> Result<()> {
         let blob = self.blob(digest);
-        fs::rename(partial, &blob)
-            .with_context(|| format!("moving {} to {}", partial.display(), blob.display()))?;
+        fs::rename(partial, &blob).with_context(|| format!("moving {} to {}", partial.display(), blob.display()))?;
         write_stamp(&blob);
         Ok(())
     }
@@ -169,11 +145,7 @@ impl RepoCache {
         #[cfg(not(unix))]
         {
             // A hard link or copy: same length and modification time as the blob.
-            let stamp = |p: &Path| {
-                fs::metadata(p)
-                    .ok()
-                    .map(|m| (m.is_file(), m.len(), m.modified().ok()))
-            };
+            let stamp = |p: &Path| fs::metadata(p).ok().map(|m| (m.is_file(), m.len(), m.modified().ok()));
             stamp(&dest).is_some_and(|s| s.0 && Some(s) == stamp(&self.blob(digest)))
         }
     }
@@ -189,19 +161,13 @@ impl RepoCache {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         // Made beside the blob, where a leftover would not look like a file of
         // the snapshot; the link's text is read relative to where it ends up.
-        let tmp = self.dir.join("blobs").join(format!(
-            "{}.webqwen-{}.link",
-            digest.hex(),
-            std::process::id()
-        ));
+        let tmp = self.dir.join("blobs").join(format!("{}.webqwen-{}.link", digest.hex(), std::process::id()));
         let _ = fs::remove_file(&tmp);
         #[cfg(unix)]
         let made = std::os::unix::fs::symlink(link_target(name, digest), &tmp);
         #[cfg(not(unix))]
-        let made = fs::hard_link(self.blob(digest), &tmp)
-            .or_else(|_| fs::copy(self.blob(digest), &tmp).map(|_| ()));
-        made.and_then(|()| fs::rename(&tmp, &dest))
-            .with_context(|| format!("linking {} to its blob", dest.display()))
+        let made = fs::hard_link(self.blob(digest), &tmp).or_else(|_| fs::copy(self.blob(digest), &tmp).map(|_| ()));
+        made.and_then(|()| fs::rename(&tmp, &dest)).with_context(|| format!("linking {} to its blob", dest.display()))
     }
 
     /// Records that `revision` (a checked branch or tag name) is at `commit`.
@@ -209,9 +175,7 @@ impl RepoCache {
         let path = self.dir.join("refs").join(revision);
         let dir = path.parent().unwrap_or(&self.dir);
         // Not in refs/, where a leftover would read as a branch.
-        let tmp = self
-            .dir
-            .join(format!("ref.webqwen-{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!("ref.webqwen-{}.tmp", std::process::id()));
         fs::create_dir_all(dir)
             .and_then(|()| fs::write(&tmp, commit))
             .and_then(|()| fs::rename(&tmp, &path))
@@ -225,12 +189,8 @@ impl RepoCache {
             return Ok(revision.to_string());
         }
         let path = self.dir.join("refs").join(revision);
-        let text = fs::read_to_string(&path).with_context(|| {
-            format!(
-                "nothing cached for revision {revision} (no {})",
-                path.display()
-            )
-        })?;
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("nothing cached for revision {revision} (no {})", path.display()))?;
         let commit = text.trim();
         if !is_commit(commit) {
             bail!(
@@ -248,8 +208,7 @@ impl RepoCache {
     /// checked without the listing and is taken as it is.
     pub(crate) fn check_cached(&self, commit: &str, name: &str, report: Report) -> Result<()> {
         let path = self.snapshot(commit).join(name);
-        let meta =
-            fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        let meta = fs::symlink_metadata(&path).with_context(|| format!("reading {}", path.display()))?;
         if !meta.is_symlink() {
             return Ok(());
         }
@@ -287,11 +246,7 @@ impl RepoCache {
 /// `../../blobs/<hash>` from `snapshots/<commit>/<name>`, one more `../` per
 /// directory in `name`.
 fn link_target(name: &str, digest: &Digest) -> String {
-    format!(
-        "{}blobs/{}",
-        "../".repeat(name.split('/').count() + 1),
-        digest.hex()
-    )
+    format!("{}blobs/{}", "../".repeat(name.split('/').count() + 1), digest.hex())
 }
 
 fn stamp_path(blob: &Path) -> PathBuf {
@@ -304,8 +259,7 @@ fn stamp_path(blob: &Path) -> PathBuf {
 fn stamp_valid(blob: &Path, meta: &fs::Metadata) -> bool {
     let stamp = stamp_path(blob);
     fs::read_to_string(&stamp).is_ok_and(|text| text == identity(meta))
-        && fs::metadata(&stamp)
-            .is_ok_and(|stamp| changed_at(&stamp, false) > changed_at(meta, true))
+        && fs::metadata(&stamp).is_ok_and(|stamp| changed_at(&stamp, false) > changed_at(meta, true))
 }
 
 /// Stamps a blob just checked (see [`RepoCache::blob_ok`]), waiting out the
@@ -341,11 +295,7 @@ fn changed_at(meta: &fs::Metadata, change: bool) -> (i64, i64) {
     #[cfg(not(unix))]
     {
         let _ = change;
-        let since = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .unwrap_or_default();
+        let since = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
         (since.as_secs() as i64, i64::from(since.subsec_nanos()))
     }
 }
@@ -368,11 +318,8 @@ fn identity(meta: &fs::Metadata) -> String {
     }
     #[cfg(not(unix))]
     {
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
+        let mtime =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         format!("webqwen blob check 1: len {} mtime {mtime}\n", meta.len())
     }
 }
@@ -385,11 +332,7 @@ pub(crate) fn hash_file(path: &Path, digest: &Digest, len: u64) -> std::io::Resu
 }
 
 /// Feeds up to `limit` bytes of `reader` to `hasher`; returns how many there were.
-pub(crate) fn hash_prefix(
-    reader: &mut impl Read,
-    hasher: &mut Hasher,
-    limit: u64,
-) -> std::io::Result<u64> {
+pub(crate) fn hash_prefix(reader: &mut impl Read, hasher: &mut Hasher, limit: u64) -> std::io::Result<u64> {
     let mut reader = reader.take(limit);
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0;
@@ -426,10 +369,7 @@ mod tests {
     fn link_targets_stay_in_the_repo() {
         let d = Digest::Sha256(SHA.into());
         assert_eq!(link_target("config.json", &d), format!("../../blobs/{SHA}"));
-        assert_eq!(
-            link_target("a/b/c.json", &d),
-            format!("../../../../blobs/{SHA}")
-        );
+        assert_eq!(link_target("a/b/c.json", &d), format!("../../../../blobs/{SHA}"));
     }
 
     #[test]
@@ -444,20 +384,14 @@ mod tests {
             cache.store(&partial, &digest).unwrap();
             assert!(cache.blob_ok(&digest, Some(6), "f", false).unwrap());
             assert!(stamp_path(&blob).is_file());
-            assert!(
-                !cache.blob_ok(&digest, Some(7), "f", false).unwrap(),
-                "wrong size accepted"
-            );
+            assert!(!cache.blob_ok(&digest, Some(7), "f", false).unwrap(), "wrong size accepted");
             assert!(!blob.exists(), "a blob of the wrong size is removed");
 
             // Same length, one byte changed, stamp left behind: hashed again and removed.
             fs::write(&blob, b"hello\n").unwrap();
             assert!(cache.blob_ok(&digest, Some(6), "f", false).unwrap());
             fs::write(&blob, b"jello\n").unwrap();
-            assert!(
-                !cache.blob_ok(&digest, Some(6), "f", false).unwrap(),
-                "damaged blob accepted"
-            );
+            assert!(!cache.blob_ok(&digest, Some(6), "f", false).unwrap(), "damaged blob accepted");
             assert!(!blob.exists() && !stamp_path(&blob).exists());
         }
         fs::remove_dir_all(&root).unwrap();

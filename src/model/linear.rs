@@ -12,7 +12,11 @@ use crate::weights::{DType, WeightIndex};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WeightFormat {
     /// `w = scale * q + bias`, `bits`-bit codes, one (scale, bias) per `group_size` inputs.
-    Affine { bits: u32, group_size: u32, scale_dtype: DType },
+    Affine {
+        bits: u32,
+        group_size: u32,
+        scale_dtype: DType,
+    },
     Dense(DType),
 }
 
@@ -119,8 +123,16 @@ pub fn stacked_format(
                 w.shape, s.shape
             )
         };
-        if s.shape.len() != dims || s.shape[..dims - 1] != stacked(0)[..dims - 1] || s.shape[dims - 1] == 0 || cols % s.shape[dims - 1] != 0 {
-            return Err(bad(format!("tensor {scales_name} has shape {:?}, expected {:?} with {cols}/group_size last", s.shape, stacked(0)[..dims - 1].to_vec())));
+        if s.shape.len() != dims
+            || s.shape[..dims - 1] != stacked(0)[..dims - 1]
+            || s.shape[dims - 1] == 0
+            || cols % s.shape[dims - 1] != 0
+        {
+            return Err(bad(format!(
+                "tensor {scales_name} has shape {:?}, expected {:?} with {cols}/group_size last",
+                s.shape,
+                stacked(0)[..dims - 1].to_vec()
+            )));
         }
         let group_size = (cols / s.shape[dims - 1]) as u32;
         if let Some(q) = quant.and_then(|q| q.params_for(path)) {
@@ -141,18 +153,37 @@ pub fn stacked_format(
             return Err(bad(format!("{path}: input size {cols} is not a multiple of 32")));
         }
         let format = WeightFormat::Affine { bits, group_size, scale_dtype: s.dtype };
-        Ok((format, ModuleTensors { weight: name, scales: Some(scales_name), biases: Some(biases_name), row_offset: 0, rows: total_rows }))
+        Ok((
+            format,
+            ModuleTensors {
+                weight: name,
+                scales: Some(scales_name),
+                biases: Some(biases_name),
+                row_offset: 0,
+                rows: total_rows,
+            },
+        ))
     } else {
         if w.dtype == DType::U32 {
-            return Err(bad(format!("tensor {scales_name} is missing ({name} is packed U32, so it needs scales and biases)")));
+            return Err(bad(format!(
+                "tensor {scales_name} is missing ({name} is packed U32, so it needs scales and biases)"
+            )));
         }
         if w.shape != stacked(cols) {
-            return Err(bad(format!("tensor {name} is {:?} {:?}, expected a float {:?} matrix", w.dtype, w.shape, stacked(cols))));
+            return Err(bad(format!(
+                "tensor {name} is {:?} {:?}, expected a float {:?} matrix",
+                w.dtype,
+                w.shape,
+                stacked(cols)
+            )));
         }
         if cols % 32 != 0 {
             return Err(bad(format!("{path}: input size {cols} is not a multiple of 32")));
         }
-        Ok((WeightFormat::Dense(w.dtype), ModuleTensors { weight: name, scales: None, biases: None, row_offset: 0, rows: total_rows }))
+        Ok((
+            WeightFormat::Dense(w.dtype),
+            ModuleTensors { weight: name, scales: None, biases: None, row_offset: 0, rows: total_rows },
+        ))
     }
 }
 
@@ -202,12 +233,25 @@ pub struct Dest {
 }
 
 impl Matrix {
-    pub fn new(gpu: &Gpu, name: &str, cols: usize, format: WeightFormat, modules: Vec<ModuleTensors>) -> Result<Matrix> {
+    pub fn new(
+        gpu: &Gpu,
+        name: &str,
+        cols: usize,
+        format: WeightFormat,
+        modules: Vec<ModuleTensors>,
+    ) -> Result<Matrix> {
         Matrix::with_layout(gpu, name, cols, format, modules, Layout::Rows)
     }
 
     /// gate and up (same format and shape) as one interleaved matrix for the fused kernel.
-    pub fn paired(gpu: &Gpu, name: &str, cols: usize, format: WeightFormat, gate: ModuleTensors, up: ModuleTensors) -> Result<Matrix> {
+    pub fn paired(
+        gpu: &Gpu,
+        name: &str,
+        cols: usize,
+        format: WeightFormat,
+        gate: ModuleTensors,
+        up: ModuleTensors,
+    ) -> Result<Matrix> {
         let (wrow, _) = format.row_bytes(cols);
         // Big units keep the loader's writes few; a unit pair must still fit one binding.
         let mut unit = gcd(gate.rows, 256);
@@ -353,7 +397,11 @@ impl Matrix {
 }
 
 fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn lcm(a: usize, b: usize) -> usize {
@@ -400,7 +448,11 @@ pub fn matvec_lanes(k: usize) -> u32 {
 }
 
 pub fn matmul_tile_rows(dual: bool) -> u32 {
-    if dual { 32 } else { 64 }
+    if dual {
+        32
+    } else {
+        64
+    }
 }
 
 impl MatmulKernels {
@@ -429,8 +481,11 @@ impl MatmulKernels {
                     sum: false,
                     count: false,
                 });
-                let entries: &[&str] =
-                    if v.experts.is_some() { &["expert_matvec", "expert_matmul"] } else { &["matvec", "matmul", "gather"] };
+                let entries: &[&str] = if v.experts.is_some() {
+                    &["expert_matvec", "expert_matmul"]
+                } else {
+                    &["matvec", "matmul", "gather"]
+                };
                 use Binding::*;
                 Arc::new(
                     KernelBuilder::new("matmul", MATMUL_SOURCE, entries)

@@ -53,7 +53,12 @@ pub struct WeightSink {
 }
 
 impl WeightSink {
-    pub fn new(gpu: Arc<Gpu>, index: &WeightIndex, dests: &[Dest], norms: &[(String, wgpu::Buffer, usize)]) -> Result<WeightSink> {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        index: &WeightIndex,
+        dests: &[Dest],
+        norms: &[(String, wgpu::Buffer, usize)],
+    ) -> Result<WeightSink> {
         let mut by_tensor: HashMap<&str, Vec<&Dest>> = HashMap::new();
         for d in dests {
             by_tensor.entry(d.tensor.as_str()).or_default().push(d);
@@ -86,7 +91,11 @@ impl WeightSink {
                 tensor: name.clone(),
                 start: t.start,
                 len: t.len,
-                target: Target::Norm { buffer: buffer.clone(), dtype: t.dtype, bytes: Vec::with_capacity(t.len as usize) },
+                target: Target::Norm {
+                    buffer: buffer.clone(),
+                    dtype: t.dtype,
+                    bytes: Vec::with_capacity(t.len as usize),
+                },
                 done: 0,
                 carry: Vec::new(),
             });
@@ -128,7 +137,10 @@ impl WeightSink {
     /// Bytes `offset .. offset + bytes.len()` of file `file`.
     pub fn write(&mut self, file: usize, offset: u64, bytes: &[u8]) -> Result<()> {
         if file >= self.segments.len() {
-            return Err(Error::Invalid(format!("bytes for weight file {file}, but the model has {}", self.segments.len())));
+            return Err(Error::Invalid(format!(
+                "bytes for weight file {file}, but the model has {}",
+                self.segments.len()
+            )));
         }
         let name = || self.file_names[file].clone();
         if offset == 0 && self.cursor[file] > 0 {
@@ -143,7 +155,10 @@ impl WeightSink {
                 }
             }
         } else if offset < self.cursor[file] {
-            return Err(Error::weights(name(), format!("bytes at {offset} arrived after bytes up to {}: chunks must come in order", self.cursor[file])));
+            return Err(Error::weights(
+                name(),
+                format!("bytes at {offset} arrived after bytes up to {}: chunks must come in order", self.cursor[file]),
+            ));
         }
         let end = offset + bytes.len() as u64;
         self.cursor[file] = end;
@@ -193,7 +208,10 @@ impl WeightSink {
             if let Some(s) = segs.iter().find(|s| s.done != s.len) {
                 return Err(Error::weights(
                     self.file_names[f].clone(),
-                    format!("tensor {}: only {} of its {} bytes arrived (the file is truncated or the download stopped)", s.tensor, s.done, s.len),
+                    format!(
+                        "tensor {}: only {} of its {} bytes arrived (the file is truncated or the download stopped)",
+                        s.tensor, s.done, s.len
+                    ),
                 ));
             }
         }
@@ -232,7 +250,11 @@ fn write_words(gpu: &Gpu, buffer: &wgpu::Buffer, at: u64, carry: &mut Vec<u8>, p
 }
 
 /// Natively: read the ranges the model needs from `source`, `CHUNK` bytes at a time, in file order.
-pub fn stream_weights(mut sink: WeightSink, source: &mut dyn ByteSource, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+pub fn stream_weights(
+    mut sink: WeightSink,
+    source: &mut dyn ByteSource,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
     for (file, start, len) in sink.needed_ranges() {
         let mut offset = 0u64;

@@ -53,7 +53,10 @@ impl KvCache {
 impl std::str::FromStr for KvCache {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        [KvCache::F16, KvCache::F32].into_iter().find(|k| k.name() == s).ok_or_else(|| format!("KV cache format {s:?}: use f16 or f32"))
+        [KvCache::F16, KvCache::F32]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("KV cache format {s:?}: use f16 or f32"))
     }
 }
 
@@ -91,9 +94,16 @@ struct Layer {
 
 enum Mlp {
     /// gate and up paired row by row for the fused SwiGLU kernel.
-    Fused { gate_up: Matrix, down: Matrix },
+    Fused {
+        gate_up: Matrix,
+        down: Matrix,
+    },
     /// gate and up in different formats: two matmuls and a SwiGLU kernel.
-    Split { gate: Matrix, up: Matrix, down: Matrix },
+    Split {
+        gate: Matrix,
+        up: Matrix,
+        down: Matrix,
+    },
     Moe(MoeBlock),
 }
 
@@ -251,7 +261,10 @@ impl Qwen3 {
                     let (uf, up) = matrix(&format!("{p}.mlp.up_proj"), inter, hidden)?;
                     let down = single(&format!("{p}.mlp.down_proj"), hidden, inter)?;
                     if gf == uf {
-                        Mlp::Fused { gate_up: Matrix::paired(&gpu, &format!("{p}.mlp.gate_up"), hidden, gf, gate, up)?, down }
+                        Mlp::Fused {
+                            gate_up: Matrix::paired(&gpu, &format!("{p}.mlp.gate_up"), hidden, gf, gate, up)?,
+                            down,
+                        }
                     } else {
                         let gate = Matrix::new(&gpu, &format!("{p}.mlp.gate_proj"), hidden, gf, vec![gate])?;
                         let up = Matrix::new(&gpu, &format!("{p}.mlp.up_proj"), hidden, uf, vec![up])?;
@@ -397,13 +410,43 @@ impl Qwen3 {
                     let (unused, unused_rw) = (ops.unused().0.clone(), ops.unused().1.clone());
                     ops.linear(&b.router, &a.xn, &m.router, 0, experts, Out::Set, false);
                     ops.custom(route_k, "route_tokens", &[&m.router, &m.route, &unused_rw], GridKind::PerToken, false);
-                    ops.custom_in(route_k, "group", &[&unused, &m.route, &unused_rw], GridKind::Single, false, Phase::Prefill);
-                    ops.experts(&b.gate_up, &a.xn, &m.act, &m.route, top_k, ExpertOut::Slots { from_slots: false }, Phase::Always);
+                    ops.custom_in(
+                        route_k,
+                        "group",
+                        &[&unused, &m.route, &unused_rw],
+                        GridKind::Single,
+                        false,
+                        Phase::Prefill,
+                    );
+                    ops.experts(
+                        &b.gate_up,
+                        &a.xn,
+                        &m.act,
+                        &m.route,
+                        top_k,
+                        ExpertOut::Slots { from_slots: false },
+                        Phase::Always,
+                    );
                     // one token: the weighted sum fused into the down projection
                     ops.experts(&b.down, &m.act, &a.x, &m.route, top_k, ExpertOut::WeightedSum, Phase::Decode);
                     // many tokens: down per slot, then the weighted sum into the residual
-                    ops.experts(&b.down, &m.act, &m.out, &m.route, top_k, ExpertOut::Slots { from_slots: true }, Phase::Prefill);
-                    ops.custom_in(route_k, "combine", &[&m.out, &m.route, &a.x], GridKind::PerTokenSpan(hidden as u32), false, Phase::Prefill);
+                    ops.experts(
+                        &b.down,
+                        &m.act,
+                        &m.out,
+                        &m.route,
+                        top_k,
+                        ExpertOut::Slots { from_slots: true },
+                        Phase::Prefill,
+                    );
+                    ops.custom_in(
+                        route_k,
+                        "combine",
+                        &[&m.out, &m.route, &a.x],
+                        GridKind::PerTokenSpan(hidden as u32),
+                        false,
+                        Phase::Prefill,
+                    );
                 }
             }
         }
@@ -545,14 +588,23 @@ impl Layer {
 
 /// The router and experts of MoE layer `p`, from MLX's stacked `switch_mlp` tensors or from
 /// Hugging Face's per-expert `experts.E.*` tensors (stacked here, on the GPU).
-fn moe_block(gpu: &Gpu, index: &WeightIndex, quant: Option<&QuantConfig>, p: &str, m: &MoeConfig, hidden: usize) -> Result<MoeBlock> {
+fn moe_block(
+    gpu: &Gpu,
+    index: &WeightIndex,
+    quant: Option<&QuantConfig>,
+    p: &str,
+    m: &MoeConfig,
+    hidden: usize,
+) -> Result<MoeBlock> {
     let (experts, inter) = (m.num_experts, m.moe_intermediate_size);
     let (rf, router) = module_format(index, quant, &format!("{p}.mlp.gate"), experts, hidden)?;
     let router = Matrix::new(gpu, &format!("{p}.mlp.gate"), hidden, rf, vec![router])?;
     // (format, one module per expert) of each projection
     let projection = |name: &str, rows: usize, cols: usize| -> Result<(WeightFormat, Vec<ModuleTensors>)> {
         let stacked = format!("{p}.mlp.switch_mlp.{name}");
-        if index.get(&format!("{stacked}.weight")).is_some() || index.get(&format!("{p}.mlp.experts.0.{name}.weight")).is_none() {
+        if index.get(&format!("{stacked}.weight")).is_some()
+            || index.get(&format!("{p}.mlp.experts.0.{name}.weight")).is_none()
+        {
             let (f, t) = stacked_format(index, quant, &stacked, Some(experts), rows, cols)?;
             return Ok((f, (0..experts).map(|e| t.slice(e * rows, rows)).collect()));
         }
@@ -564,7 +616,11 @@ fn moe_block(gpu: &Gpu, index: &WeightIndex, quant: Option<&QuantConfig>, p: &st
             if format.is_some_and(|g| g != f) {
                 return Err(Error::weights(
                     index.file_name(index.get(&format!("{path}.weight")).expect("checked")),
-                    format!("{path} is {}, unlike expert 0 ({}): the experts of a layer must share one format", f.describe(), format.unwrap().describe()),
+                    format!(
+                        "{path} is {}, unlike expert 0 ({}): the experts of a layer must share one format",
+                        f.describe(),
+                        format.unwrap().describe()
+                    ),
                 ));
             }
             format = Some(f);

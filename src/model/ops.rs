@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::linear::{matmul_tile_rows, matvec_lanes, ExpertVariant, Matrix, MatmulKernels, Piece, Variant, MATMUL_TILE_T};
+use super::linear::{
+    matmul_tile_rows, matvec_lanes, ExpertVariant, MatmulKernels, Matrix, Piece, Variant, MATMUL_TILE_T,
+};
 use crate::error::Result;
 use crate::gpu::{grid, Binding, Gpu, Kernel, KernelBuilder};
 
@@ -26,11 +28,24 @@ pub struct Step {
 #[derive(Clone, Copy, Debug)]
 enum Grid {
     /// A matrix piece: matvec for one token, tiled matmul for more.
-    Linear { rows: u32, dual: bool, lanes: u32 },
+    Linear {
+        rows: u32,
+        dual: bool,
+        lanes: u32,
+    },
     /// A piece of an expert matrix: `expert_matvec` over `slots` slots for one token, the grouped
     /// `expert_matmul` over the routing table's tiles for more.
-    Experts { rows_per_expert: u32, dual: bool, lanes: u32, slots: u32, top_k: u32, experts: u32 },
-    Gather { cols: u32 },
+    Experts {
+        rows_per_expert: u32,
+        dual: bool,
+        lanes: u32,
+        slots: u32,
+        top_k: u32,
+        experts: u32,
+    },
+    Gather {
+        cols: u32,
+    },
     /// One workgroup per token row.
     PerToken,
     /// `slots` workgroups per token.
@@ -108,7 +123,12 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub fn new(gpu: Arc<Gpu>, step: wgpu::Buffer, expert_counter: Option<wgpu::Buffer>, route_slots: u32) -> Result<Ops> {
+    pub fn new(
+        gpu: Arc<Gpu>,
+        step: wgpu::Buffer,
+        expert_counter: Option<wgpu::Buffer>,
+        route_slots: u32,
+    ) -> Result<Ops> {
         let dummy = gpu.storage("unused binding", 16)?;
         let dummy_rw = gpu.storage("unused binding", 16)?;
         Ok(Ops {
@@ -134,9 +154,17 @@ impl Ops {
         self.ops.iter().filter(|op| op.phase.runs(n_tokens)).count()
     }
 
-    fn piece_uniform(&self, col0: usize, rows: usize, out_stride: usize, experts: (usize, usize), counter: usize) -> wgpu::Buffer {
+    fn piece_uniform(
+        &self,
+        col0: usize,
+        rows: usize,
+        out_stride: usize,
+        experts: (usize, usize),
+        counter: usize,
+    ) -> wgpu::Buffer {
         use wgpu::util::DeviceExt;
-        let data = [col0 as u32, rows as u32, out_stride as u32, experts.0 as u32, experts.1 as u32, counter as u32, 0, 0];
+        let data =
+            [col0 as u32, rows as u32, out_stride as u32, experts.0 as u32, experts.1 as u32, counter as u32, 0, 0];
         self.gpu.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("piece"),
             contents: bytemuck::cast_slice(&data),
@@ -144,7 +172,15 @@ impl Ops {
         })
     }
 
-    fn piece_bind(&self, kernel: &Kernel, params: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer, p: &Piece, route: Option<&wgpu::Buffer>) -> wgpu::BindGroup {
+    fn piece_bind(
+        &self,
+        kernel: &Kernel,
+        params: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        p: &Piece,
+        route: Option<&wgpu::Buffer>,
+    ) -> wgpu::BindGroup {
         let s = p.scales.as_ref().unwrap_or(&self.dummy);
         let b = p.biases.as_ref().unwrap_or(&self.dummy);
         let route = route.unwrap_or(&self.dummy);
@@ -154,7 +190,16 @@ impl Ops {
 
     /// `y[:, col0 .. col0 + m.rows] (+)= x @ m^T`, one dispatch per piece; a paired matrix gives
     /// `silu(x @ gate^T) * (x @ up^T)` (its output has half its rows).
-    pub fn linear(&mut self, m: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, col0: usize, out_stride: usize, out: Out, head: bool) {
+    pub fn linear(
+        &mut self,
+        m: &Matrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        col0: usize,
+        out_stride: usize,
+        out: Out,
+        head: bool,
+    ) {
         let unit = m.pair_unit();
         let variant = Variant { paired_unit: unit.unwrap_or(0) as u32, add: out == Out::Add, head, experts: None };
         let kernel = self.matmuls.get(&self.gpu, m.format, m.cols, variant);
@@ -169,7 +214,16 @@ impl Ops {
     }
 
     /// An expert matrix applied per routing-table slot (see `ExpertOut`), one dispatch per piece.
-    pub fn experts(&mut self, m: &Matrix, x: &wgpu::Buffer, y: &wgpu::Buffer, route: &wgpu::Buffer, top_k: usize, out: ExpertOut, phase: Phase) {
+    pub fn experts(
+        &mut self,
+        m: &Matrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        route: &wgpu::Buffer,
+        top_k: usize,
+        out: ExpertOut,
+        phase: Phase,
+    ) {
         let (experts, rows_per_expert) = m.experts().expect("an expert matrix");
         let count = self.expert_counter.is_some() && phase != Phase::Prefill;
         let ev = ExpertVariant {
@@ -181,7 +235,12 @@ impl Ops {
             count,
         };
         let unit = m.pair_unit();
-        let variant = Variant { paired_unit: unit.unwrap_or(0) as u32, add: out == ExpertOut::WeightedSum, head: false, experts: Some(ev) };
+        let variant = Variant {
+            paired_unit: unit.unwrap_or(0) as u32,
+            add: out == ExpertOut::WeightedSum,
+            head: false,
+            experts: Some(ev),
+        };
         let kernel = self.matmuls.get(&self.gpu, m.format, m.cols, variant);
         if phase != Phase::Prefill {
             self.weight_reads_per_token += m.decode_bytes(top_k);
@@ -216,16 +275,38 @@ impl Ops {
         for p in &m.pieces {
             let params = self.piece_uniform(p.row_start, p.rows, m.cols, (0, 0), 0);
             let bind = self.piece_bind(&kernel, &params, tokens, y, p, None);
-            self.ops.push(Op { kernel: kernel.clone(), entry: "gather", bind, grid: Grid::Gather { cols: m.cols as u32 }, head: false, phase: Phase::Always });
+            self.ops.push(Op {
+                kernel: kernel.clone(),
+                entry: "gather",
+                bind,
+                grid: Grid::Gather { cols: m.cols as u32 },
+                head: false,
+                phase: Phase::Always,
+            });
         }
     }
 
     /// A kernel with its own bindings (after the step uniform at binding 0).
-    pub fn custom(&mut self, kernel: &Arc<Kernel>, entry: &'static str, buffers: &[&wgpu::Buffer], grid: GridKind, head: bool) {
+    pub fn custom(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        entry: &'static str,
+        buffers: &[&wgpu::Buffer],
+        grid: GridKind,
+        head: bool,
+    ) {
         self.custom_in(kernel, entry, buffers, grid, head, Phase::Always);
     }
 
-    pub fn custom_in(&mut self, kernel: &Arc<Kernel>, entry: &'static str, buffers: &[&wgpu::Buffer], grid: GridKind, head: bool, phase: Phase) {
+    pub fn custom_in(
+        &mut self,
+        kernel: &Arc<Kernel>,
+        entry: &'static str,
+        buffers: &[&wgpu::Buffer],
+        grid: GridKind,
+        head: bool,
+        phase: Phase,
+    ) {
         let mut all: Vec<&wgpu::Buffer> = vec![&self.step];
         all.extend_from_slice(buffers);
         let bind = kernel.bind(&self.gpu, &all);
@@ -244,7 +325,13 @@ impl Ops {
     }
 
     /// Record the ops `range` for a pass of `n_tokens` tokens whose logits rows number `head_rows`.
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, range: std::ops::Range<usize>, n_tokens: u32, head_rows: u32) {
+    pub fn encode(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        range: std::ops::Range<usize>,
+        n_tokens: u32,
+        head_rows: u32,
+    ) {
         for op in &self.ops[range] {
             if !op.phase.runs(n_tokens) {
                 continue;
@@ -255,7 +342,9 @@ impl Ops {
                     let (x, y) = grid(rows.div_ceil(256 / lanes));
                     ("matvec", x, y, 1)
                 }
-                Grid::Linear { rows, dual, .. } => ("matmul", rows.div_ceil(matmul_tile_rows(dual)), t.div_ceil(MATMUL_TILE_T), 1),
+                Grid::Linear { rows, dual, .. } => {
+                    ("matmul", rows.div_ceil(matmul_tile_rows(dual)), t.div_ceil(MATMUL_TILE_T), 1)
+                }
                 Grid::Experts { rows_per_expert, lanes, slots, .. } if t == 1 => {
                     ("expert_matvec", rows_per_expert.div_ceil(256 / lanes), 1, slots)
                 }
@@ -354,14 +443,18 @@ impl ModelKernels {
             .build(gpu);
         let moe = s.moe.map(|(experts, top_k, norm_topk, slots)| {
             Arc::new(
-                KernelBuilder::new("moe", include_str!("../../shaders/moe.wgsl"), &["route_tokens", "group", "combine"])
-                    .u32("E", experts as u32)
-                    .u32("TOP_K", top_k as u32)
-                    .bool("NORM", norm_topk)
-                    .u32("H", s.hidden as u32)
-                    .u32("SLOTS", slots as u32)
-                    .bindings(&[Uniform, Read, ReadWrite, ReadWrite])
-                    .build(gpu),
+                KernelBuilder::new(
+                    "moe",
+                    include_str!("../../shaders/moe.wgsl"),
+                    &["route_tokens", "group", "combine"],
+                )
+                .u32("E", experts as u32)
+                .u32("TOP_K", top_k as u32)
+                .bool("NORM", norm_topk)
+                .u32("H", s.hidden as u32)
+                .u32("SLOTS", slots as u32)
+                .bindings(&[Uniform, Read, ReadWrite, ReadWrite])
+                .build(gpu),
             )
         });
         ModelKernels {

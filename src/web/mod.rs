@@ -154,10 +154,13 @@ impl ModelLoader {
     /// 8 + the header length of a safetensors file, from its first 8 bytes.
     #[wasm_bindgen(js_name = headerLength)]
     pub fn header_length(&self, first8: &[u8]) -> Result<f64, JsValue> {
-        let prefix: [u8; 8] = first8.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("need the first 8 bytes"))?;
+        let prefix: [u8; 8] =
+            first8.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("need the first 8 bytes"))?;
         let n = u64::from_le_bytes(prefix);
         if n > 100_000_000 {
-            return Err(js_error(Error::Config(format!("not a safetensors file (its header length would be {n} bytes)"))));
+            return Err(js_error(Error::Config(format!(
+                "not a safetensors file (its header length would be {n} bytes)"
+            ))));
         }
         Ok((8 + n) as f64)
     }
@@ -176,7 +179,14 @@ impl ModelLoader {
         self.index.add_file(&file, size.map_or(u64::MAX, |s| s as u64), &header[8..]).map_err(js_error)?;
         let f = self.index.files.len() - 1;
         // The size the header describes: where its last tensor ends.
-        let described = self.index.tensors.values().filter(|t| t.file == f).map(|t| t.start + t.len).max().unwrap_or(header.len() as u64);
+        let described = self
+            .index
+            .tensors
+            .values()
+            .filter(|t| t.file == f)
+            .map(|t| t.start + t.len)
+            .max()
+            .unwrap_or(header.len() as u64);
         self.sizes.push(size.map_or(described, |s| s as u64));
         Ok(())
     }
@@ -188,7 +198,8 @@ impl ModelLoader {
             return Err(invalid("plan() before any addHeader"));
         }
         // The tokenizer's ids end at 151669 for every Qwen3; rows past it are never sampled.
-        let loading = CoreEngine::prepare(self.config.clone(), &self.index, 151_669, &self.options).await.map_err(js_error)?;
+        let loading =
+            CoreEngine::prepare(self.config.clone(), &self.index, 151_669, &self.options).await.map_err(js_error)?;
         let (weight_bytes, _) = loading.model().weight_bytes();
         let plan = serde_json::json!({
             "gpuBytes": loading.model().gpu.allocated_bytes(),
@@ -205,7 +216,12 @@ impl ModelLoader {
     /// Bytes of `file` from absolute offset `offset` (each file's chunks in order).
     pub fn write(&mut self, file: String, offset: f64, bytes: &[u8]) -> Result<(), JsValue> {
         let loading = self.loading.as_mut().ok_or_else(|| invalid("write() before plan()"))?;
-        let f = self.index.files.iter().position(|n| *n == file).ok_or_else(|| invalid(format!("{file} is not a weight file of this model")))?;
+        let f = self
+            .index
+            .files
+            .iter()
+            .position(|n| *n == file)
+            .ok_or_else(|| invalid(format!("{file} is not a weight file of this model")))?;
         loading.write(f, offset as u64, bytes).map_err(js_error)
     }
 
@@ -312,8 +328,13 @@ impl Engine {
 
     /// The next piece of text; `done` on the last.
     pub async fn next(&self) -> Result<JsValue, JsValue> {
-        let mut rx = self.events.borrow_mut().take().ok_or_else(|| invalid("next() without start(), or while another next() is pending"))?;
-        let delta = rx.next().await.unwrap_or(Delta { done: true, finish_reason: Some("abort".into()), ..Default::default() });
+        let mut rx = self
+            .events
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| invalid("next() without start(), or while another next() is pending"))?;
+        let delta =
+            rx.next().await.unwrap_or(Delta { done: true, finish_reason: Some("abort".into()), ..Default::default() });
         if !delta.done {
             *self.events.borrow_mut() = Some(rx);
         }
@@ -333,8 +354,14 @@ fn serde_wasm_json(d: &Delta) -> Result<JsValue, JsValue> {
     Ok(to_js(&serde_json::to_value(d).map_err(|e| invalid(e.to_string()))?))
 }
 
-async fn run_completion(session: &RefCell<Session>, req: ChatRequest, tx: &mpsc::UnboundedSender<Delta>, cancel: &std::cell::Cell<bool>) -> Delta {
-    let fail = |e: Error| Delta { done: true, error: Some((error_name(&e).into(), e.to_string())), ..Default::default() };
+async fn run_completion(
+    session: &RefCell<Session>,
+    req: ChatRequest,
+    tx: &mpsc::UnboundedSender<Delta>,
+    cancel: &std::cell::Cell<bool>,
+) -> Delta {
+    let fail =
+        |e: Error| Delta { done: true, error: Some((error_name(&e).into(), e.to_string())), ..Default::default() };
     let Ok(mut s) = session.try_borrow_mut() else {
         return fail(Error::Invalid("the engine is busy".into()));
     };

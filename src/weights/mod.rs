@@ -77,10 +77,9 @@ impl WeightIndex {
     /// a header that lies is reported here, naming the file and tensor, before anything is read.
     pub fn add_file(&mut self, file_name: &str, file_len: u64, header: &[u8]) -> Result<()> {
         let err = |m: String| Error::weights(file_name, m);
-        let metadata: safetensors::tensor::Metadata =
-            serde_json::from_slice(header).map_err(|e| {
-                err(format!("invalid safetensors header ({e}); the file is corrupt: delete it and download it again"))
-            })?;
+        let metadata: safetensors::tensor::Metadata = serde_json::from_slice(header).map_err(|e| {
+            err(format!("invalid safetensors header ({e}); the file is corrupt: delete it and download it again"))
+        })?;
         let data_start = 8 + header.len() as u64;
         let data_len = metadata.data_len() as u64;
         if data_start.checked_add(data_len).is_none_or(|end| end > file_len) {
@@ -94,10 +93,17 @@ impl WeightIndex {
         let file = self.files.len();
         self.files.push(file_name.to_string());
         for (name, info) in metadata.tensors() {
-            let dtype = DType::from_safetensors(info.dtype)
-                .ok_or_else(|| err(format!("tensor {name}: dtype {:?} is not supported (U32, BF16, F16, F32 are)", info.dtype)))?;
+            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| {
+                err(format!("tensor {name}: dtype {:?} is not supported (U32, BF16, F16, F32 are)", info.dtype))
+            })?;
             let (s, e) = info.data_offsets;
-            let entry = TensorEntry { file, dtype, shape: info.shape.clone(), start: data_start + s as u64, len: (e - s) as u64 };
+            let entry = TensorEntry {
+                file,
+                dtype,
+                shape: info.shape.clone(),
+                start: data_start + s as u64,
+                len: (e - s) as u64,
+            };
             if let Some(prev) = self.tensors.insert(name.clone(), entry) {
                 return Err(err(format!("tensor {name} also appears in {}", self.files[prev.file])));
             }
@@ -154,12 +160,18 @@ pub fn is_shard_name(name: &str) -> bool {
 pub fn header_len(file_name: &str, prefix: &[u8; 8], file_len: u64) -> Result<u64> {
     let n = u64::from_le_bytes(*prefix);
     if n > 100_000_000 {
-        return Err(Error::weights(file_name, format!("not a safetensors file (its header length would be {n} bytes)")));
+        return Err(Error::weights(
+            file_name,
+            format!("not a safetensors file (its header length would be {n} bytes)"),
+        ));
     }
     if 8 + n > file_len {
         return Err(Error::weights(
             file_name,
-            format!("file is truncated: its header alone needs {} bytes but the file has {file_len} (download it again)", 8 + n),
+            format!(
+                "file is truncated: its header alone needs {} bytes but the file has {file_len} (download it again)",
+                8 + n
+            ),
         ));
     }
     Ok(n)
@@ -242,7 +254,9 @@ mod native {
 /// bf16/f16/f32 bytes to f32 (small tensors only: norms).
 pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     match dtype {
-        DType::F32 | DType::U32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        DType::F32 | DType::U32 => {
+            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
         DType::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
         DType::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
     }

@@ -18,7 +18,10 @@ pub fn config_json(shape: &str, layers: Option<usize>) -> Result<String> {
         "8b" => (4096, 36, 32, 8, 12288, false, 1e6),
         "30b-a3b" => (2048, 48, 32, 4, 6144, false, 1e6),
         other => {
-            return Err(Error::Invalid(format!("unknown synthetic shape {other:?} (choose one of {})", SHAPES.join(", "))))
+            return Err(Error::Invalid(format!(
+                "unknown synthetic shape {other:?} (choose one of {})",
+                SHAPES.join(", ")
+            )))
         }
     };
     let layers = match layers {
@@ -95,7 +98,12 @@ pub fn synthetic(config: &crate::config::ModelConfig) -> (WeightIndex, Synthetic
         at += len;
     };
     // `lead`: a leading expert dimension (stacked experts), empty for a plain matrix.
-    let quantized = |add: &mut dyn FnMut(String, DType, Vec<usize>, Fill), path: String, lead: &[usize], rows: usize, cols: usize, bits: usize| {
+    let quantized = |add: &mut dyn FnMut(String, DType, Vec<usize>, Fill),
+                     path: String,
+                     lead: &[usize],
+                     rows: usize,
+                     cols: usize,
+                     bits: usize| {
         let max_code = ((1 << bits) - 1) as f32;
         // uniform codes have std max/sqrt(12): scale so that each output has unit variance
         let scale = 1.0 / (max_code / 12f32.sqrt() * (cols as f32).sqrt());
@@ -155,9 +163,11 @@ impl ByteSource for SyntheticSource {
         let mut rest = buf;
         while !rest.is_empty() {
             let i = self.regions.partition_point(|r| r.0 <= at).saturating_sub(1);
-            let (start, len, fill) = *self.regions.get(i).filter(|r| r.0 <= at && at < r.0 + r.1).ok_or_else(|| {
-                Error::Invalid(format!("synthetic read at {at} is outside every tensor"))
-            })?;
+            let (start, len, fill) = *self
+                .regions
+                .get(i)
+                .filter(|r| r.0 <= at && at < r.0 + r.1)
+                .ok_or_else(|| Error::Invalid(format!("synthetic read at {at} is outside every tensor")))?;
             let n = ((start + len - at) as usize).min(rest.len());
             let (now, later) = rest.split_at_mut(n);
             fill_region(fill, start, at, now);
@@ -195,7 +205,12 @@ fn fill_region(fill: Fill, start: u64, offset: u64, buf: &mut [u8]) {
 /// Write a synthetic model as an MLX model directory: config.json, model.safetensors (streamed
 /// tensor by tensor), and the tokenizer files copied from `tokenizer_dir`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn write_model_dir(shape: &str, layers: Option<usize>, out: &std::path::Path, tokenizer_dir: &std::path::Path) -> Result<u64> {
+pub fn write_model_dir(
+    shape: &str,
+    layers: Option<usize>,
+    out: &std::path::Path,
+    tokenizer_dir: &std::path::Path,
+) -> Result<u64> {
     use std::io::Write;
     let io = |p: &std::path::Path, e: std::io::Error| Error::Io { path: p.display().to_string(), source: e };
     let config_text = config_json(shape, layers)?;
