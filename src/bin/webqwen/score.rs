@@ -1,6 +1,6 @@
 //! `webqwen logits` and `webqwen perplexity`: teacher-forced scoring of given tokens or of a text file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -29,28 +29,20 @@ pub struct PerplexityArgs {
 
 pub async fn logits(args: LogitsArgs) -> Result<()> {
     let LogitsArgs { model, token_ids, out } = args;
-    // Before the model loads: a typo in --out should not cost a forward pass. A failed run
-    // leaves no file behind.
+    // Before the model loads: a typo in --out should not cost a forward pass. Nothing is
+    // created (or removed) until the logits exist, so a failed run leaves no file behind.
+    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("--out {}: the directory {} does not exist", out.display(), dir.display());
+    }
+    let mut session = load_session(&model).await?;
+    let logits = session.engine.logits(&token_ids).await?;
+    let vocab = session.engine.config().vocab_size;
     let file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    let written = async {
-        let mut session = load_session(&model).await?;
-        let logits = session.engine.logits(&token_ids).await?;
-        let vocab = session.engine.config().vocab_size;
-        webqwen::npy::write_f32(std::io::BufWriter::new(file), &[token_ids.len(), vocab], &logits)
-            .with_context(|| format!("writing {}", out.display()))?;
-        anyhow::Ok(vocab)
-    }
-    .await;
-    match written {
-        Ok(vocab) => {
-            eprintln!("wrote {} [{}, {vocab}]", out.display(), token_ids.len());
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&out);
-            Err(e)
-        }
-    }
+    webqwen::npy::write_f32(std::io::BufWriter::new(file), &[token_ids.len(), vocab], &logits)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("wrote {} [{}, {vocab}]", out.display(), token_ids.len());
+    Ok(())
 }
 
 pub async fn perplexity(args: PerplexityArgs) -> Result<()> {
