@@ -235,7 +235,7 @@ fn tokenizer_matches_python() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
     let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
     let config = std::fs::read(dir.join("tokenizer_config.json")).ok();
-    let tok = webqwen::tokenizer::Tokenizer::from_bytes(&json, config.as_deref()).unwrap();
+    let tok = webqwen::text::Tokenizer::from_bytes(&json, config.as_deref()).unwrap();
     let cases = reference["cases"].as_array().unwrap();
     assert!(cases.len() >= 15);
     for c in cases {

@@ -10,12 +10,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use webqwen::chat::{Message, TextEvent};
 use webqwen::engine::{Engine, LoadOptions};
 use webqwen::gpu::{Gpu, GpuOptions};
 use webqwen::model::ModelOptions;
 use webqwen::sample::SamplingParams;
 use webqwen::session::{CompletionRequest, Session};
+use webqwen::text::{Message, TextEvent};
 use webqwen::ModelConfig;
 
 #[derive(Parser)]

@@ -13,14 +13,15 @@ use futures_util::StreamExt;
 use sha2::Digest;
 use wasm_bindgen::prelude::*;
 
-use crate::chat::{Message, TextEvent};
 use crate::config::ModelConfig;
 use crate::engine::{Engine as CoreEngine, LoadOptions, Loading};
 use crate::error::Error;
+use crate::files::InMemory;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{KvCache, ModelOptions};
 use crate::sample::SamplingOverrides;
-use crate::session::{text_files, CompletionRequest, Session};
+use crate::session::{CompletionRequest, Session};
+use crate::text::{Message, TextEvent};
 use crate::weights::WeightIndex;
 
 /// The JS error name of an error's kind.
@@ -240,10 +241,17 @@ impl ModelLoader {
         generation_config_json: Option<String>,
     ) -> Result<Engine, JsValue> {
         let loading = self.loading.take().ok_or_else(|| invalid("finish() before plan()"))?;
-        let (tokenizer, template) =
-            text_files(&tokenizer_json, tokenizer_config_json.as_deref(), chat_template, "").map_err(js_error)?;
+        let mut files = InMemory::default();
+        files.insert(crate::files::TOKENIZER, tokenizer_json);
+        if let Some(config) = tokenizer_config_json {
+            files.insert(crate::files::TOKENIZER_CONFIG, config);
+        }
+        if let Some(template) = chat_template {
+            files.insert(crate::files::CHAT_TEMPLATE, template);
+        }
+        let text = crate::text::load(&files).map_err(js_error)?;
         let engine = loading.finish().map_err(js_error)?;
-        let session = Session::new(engine, tokenizer, template, generation_config_json.as_deref());
+        let session = Session::new(engine, text, generation_config_json.as_deref());
         Ok(Engine { session: Rc::new(RefCell::new(session)), events: Rc::default(), cancel: Rc::default() })
     }
 }
