@@ -379,12 +379,7 @@ async fn chat(args: ModelArgs, sampling: SamplingArgs, mut thinking: bool, syste
             }
         };
         let g = &done.generation;
-        eprintln!(
-            "\n[{} tokens, {:.1} tok/s, {}]",
-            g.tokens.len(),
-            (g.tokens.len().saturating_sub(1)) as f64 / g.decode_seconds.max(1e-9),
-            g.stop.describe()
-        );
+        eprintln!("\n[{} tokens, {:.1} tok/s, {}]", g.tokens.len(), g.decode_tokens_per_second(), g.stop.describe());
         let mut reply = Message::new("assistant", &done.content);
         if !done.reasoning.is_empty() {
             reply.reasoning_content = Some(done.reasoning.clone());
@@ -470,7 +465,7 @@ async fn generate(
         })
         .await?;
     let g = &done.generation;
-    let decode_tps = g.tokens.len().saturating_sub(1) as f64 / g.decode_seconds.max(1e-9);
+    let decode_tps = g.decode_tokens_per_second();
     if json {
         let v = serde_json::json!({
             "tokens": g.tokens,
@@ -482,7 +477,7 @@ async fn generate(
             "timings": {
                 "prefill_seconds": g.prefill_seconds,
                 "decode_seconds": g.decode_seconds,
-                "prefill_tokens_per_second": g.prompt_tokens as f64 / g.prefill_seconds.max(1e-9),
+                "prefill_tokens_per_second": g.prefill_tokens_per_second(),
                 "decode_tokens_per_second": decode_tps,
             },
         });
@@ -559,7 +554,7 @@ async fn bench(
         let config = ModelConfig::from_json(&webqwen::weights::synthetic::config_json(&shape, layers)?)?;
         let (index, mut source) = webqwen::weights::synthetic::synthetic(&config);
         let bar = progress_bar("generating weights");
-        let engine = Engine::load(config, &index, &mut source, 151669, &opts, &mut |d, t| {
+        let engine = Engine::load(config, &index, &mut source, webqwen::text::QWEN3_ID_COUNT, &opts, &mut |d, t| {
             bar.set_length(t);
             bar.set_position(d);
         })
