@@ -514,7 +514,10 @@ async fn logits(args: ModelArgs, token_ids: Vec<u32>, out: PathBuf) -> Result<()
             Ok(())
         }
         Err(e) => {
-            let _ = std::fs::remove_file(&out);
+            // A regular file only: `--out /dev/null` must not delete the device (as root it would).
+            if std::fs::symlink_metadata(&out).is_ok_and(|m| m.is_file()) {
+                let _ = std::fs::remove_file(&out);
+            }
             Err(e)
         }
     }
