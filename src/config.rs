@@ -115,12 +115,14 @@ fn size_field(name: &str, v: u64, max: u64) -> Result<usize> {
     Ok(v as usize)
 }
 
-/// `name` must be finite and in `(0, max]` (written as an f32 into the shaders).
+/// `name` must be finite and in `(0, max]`, also once rounded to the f32 the shaders use (1e-300
+/// is positive as a JSON number and 0 as an f32).
 fn positive_float(name: &str, v: f64, max: f64) -> Result<f32> {
-    if !(v.is_finite() && v > 0.0 && v <= max) {
+    let f = v as f32;
+    if !(v.is_finite() && v <= max && f.is_finite() && f > 0.0) {
         return Err(Error::Config(format!("config.json: {name} is {v}; it must be a positive number up to {max:e}")));
     }
-    Ok(v as f32)
+    Ok(f)
 }
 
 impl ModelConfig {

@@ -67,6 +67,19 @@ pub struct Generation {
     pub decode_seconds: f64,
 }
 
+impl Generation {
+    /// Prompt tokens per second of prefill (until the first token is read back).
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_seconds.max(1e-9)
+    }
+
+    /// Generated tokens per second after the first (whose time is prefill's): what every report
+    /// of decode speed shows (CLI, bench, the browser package's usage, the chat app).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.decode_seconds.max(1e-9)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StopReason {
@@ -89,6 +102,17 @@ impl StopReason {
             StopReason::Eos => "eos",
             StopReason::Caller => "stop",
             StopReason::Context => "context",
+        }
+    }
+
+    /// OpenAI's `finish_reason`: "length" when `max_tokens` or the context cut the answer
+    /// short, else "stop"; "abort" when the caller cancelled it (`cancelled`: an abort signal,
+    /// not a stop string).
+    pub fn finish_reason(self, cancelled: bool) -> &'static str {
+        match self {
+            _ if cancelled => "abort",
+            StopReason::Length | StopReason::Context => "length",
+            StopReason::Eos | StopReason::Caller => "stop",
         }
     }
 

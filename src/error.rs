@@ -11,6 +11,9 @@ pub enum Error {
     Weights { file: String, message: String },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    /// No GPU adapter: no Vulkan/Metal/DX12 driver natively, no WebGPU adapter in a browser.
+    #[error("GPU: {0}")]
+    NoAdapter(String),
     #[error("GPU: {0}")]
     Gpu(String),
     #[error("{0}")]

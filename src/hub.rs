@@ -15,19 +15,17 @@ mod http;
 mod listing;
 mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
 
-use listing::{is_plain_file_name, shown, RemoteFile};
+use listing::{is_plain_file_name, RemoteFile};
 use store::RepoCache;
 
-const REQUIRED: [&str; 3] = ["config.json", "tokenizer.json", "tokenizer_config.json"];
-const OPTIONAL: [&str; 3] = ["generation_config.json", "chat_template.jinja", INDEX];
-const INDEX: &str = "model.safetensors.index.json";
-const SINGLE_FILE: &str = "model.safetensors";
+use crate::files::{CONFIG, OPTIONAL, REQUIRED, SINGLE_WEIGHTS as SINGLE_FILE, WEIGHTS_INDEX as INDEX};
+use crate::weights::ShardIndex;
+
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// Turns `--model` into a local directory holding config.json, the tokenizer
@@ -42,11 +40,11 @@ const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 pub fn resolve_model(spec: &str, progress: bool) -> Result<PathBuf> {
     let path = Path::new(spec);
     if path.is_dir() {
-        if !path.join("config.json").is_file() {
+        if !path.join(CONFIG).is_file() {
             bail!(
-                "model directory {} has no config.json; expected a Qwen3 model in the MLX \
-                 layout (config.json, tokenizer.json, tokenizer_config.json, *.safetensors)",
-                path.display()
+                "model directory {} has no {CONFIG}; expected a Qwen3 model in the MLX layout ({}, *.safetensors)",
+                path.display(),
+                REQUIRED.join(", ")
             );
         }
         return Ok(path.to_path_buf());
@@ -211,20 +209,13 @@ impl Hub {
     }
 }
 
-/// The shard files named by an index's weight_map, each once.
+/// The shard files named by an index's weight_map, each once: plain `*.safetensors` names
+/// (`ShardIndex::parse`, as the loader reads it), so they stay inside the cache.
 fn shards(index: &Path) -> Result<BTreeSet<String>> {
-    #[derive(Deserialize)]
-    struct Index {
-        weight_map: BTreeMap<String, String>,
-    }
     let text = std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let index_json: Index = serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
-    let shards: BTreeSet<String> = index_json.weight_map.into_values().collect();
-    // The names become paths inside the cache: keep them inside it.
-    if let Some(bad) = shards.iter().find(|s| !is_plain_file_name(s)) {
-        bail!("{} names an invalid shard file {}", index.display(), shown(bad));
-    }
-    Ok(shards)
+    let index_json =
+        ShardIndex::parse(&text).map_err(|m| anyhow!("{} names an invalid shard file: {m}", index.display()))?;
+    Ok(index_json.files().into_iter().collect())
 }
 
 /// The snapshot `revision` points to in the cache, if it holds a whole model

@@ -10,13 +10,13 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub mod bench;
-pub mod chat;
 pub mod engine;
+pub mod files;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod hub;
 pub mod npy;
 pub mod sample;
 pub mod session;
-pub mod tokenizer;
+pub mod text;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

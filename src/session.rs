@@ -1,11 +1,13 @@
 //! Text in, text out: an engine with its tokenizer and chat template. The CLI and the browser
 //! API are thin layers over this.
 
-use crate::chat::{ChatTemplate, Message, RenderOptions, StopMatcher, TextEvent, ThinkSplitter};
 use crate::engine::{Engine, Generation};
 use crate::error::{Error, Result};
 use crate::sample::SamplingParams;
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::text::{
+    prompt_ends_in_think, ChatTemplate, Message, RenderOptions, StopMatcher, StreamDecoder, Text, TextEvent,
+    ThinkSplitter, Tokenizer,
+};
 
 pub struct Session {
     pub engine: Engine,
@@ -36,12 +38,10 @@ pub struct Completion {
 }
 
 impl Session {
-    pub fn new(
-        engine: Engine,
-        tokenizer: Tokenizer,
-        template: Option<ChatTemplate>,
-        generation_config: Option<&str>,
-    ) -> Session {
+    /// A session over `engine` with the model's tokenizer and template (`text::load`) and its
+    /// generation_config.json, if any.
+    pub fn new(engine: Engine, text: Text, generation_config: Option<&str>) -> Session {
+        let Text { tokenizer, template } = text;
         let mut eos = tokenizer.eos_ids();
         for id in &engine.config().eos_token_ids {
             if !eos.contains(id) {
@@ -59,38 +59,15 @@ impl Session {
         opts: &crate::engine::LoadOptions,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Session> {
-        // Text files of a model: regular files only (a FIFO would block), of sane size.
-        const MAX_TEXT_FILE: u64 = 64 << 20;
-        let read = |name: &str| -> Result<Option<String>> {
-            let p = dir.join(name);
-            let io = |e| Error::Io { path: p.display().to_string(), source: e };
-            let meta = match std::fs::metadata(&p) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io(e)),
-            };
-            if !meta.is_file() || meta.len() > MAX_TEXT_FILE {
-                return Err(Error::Config(format!(
-                    "{}: not a regular file of at most {} MiB",
-                    p.display(),
-                    MAX_TEXT_FILE >> 20
-                )));
-            }
-            std::fs::read_to_string(&p).map(Some).map_err(io)
-        };
-        let config_text = read("config.json")?
-            .ok_or_else(|| Error::Config(format!("{}: no config.json in this directory", dir.display())))?;
-        let config = crate::config::ModelConfig::from_json(&config_text)?;
-        let tokenizer_json = read("tokenizer.json")?
-            .ok_or_else(|| Error::Config(format!("{}: no tokenizer.json in this directory", dir.display())))?;
-        let tokenizer_config = read("tokenizer_config.json")?;
-        let chat_template = read("chat_template.jinja")?;
-        let origin = format!("{}/", dir.display());
-        let (tokenizer, template) = text_files(&tokenizer_json, tokenizer_config.as_deref(), chat_template, &origin)?;
+        use crate::files::{Dir, TextFiles, CONFIG, GENERATION_CONFIG};
+        let files = Dir::new(dir);
+        let config = crate::config::ModelConfig::from_json(&files.require(CONFIG)?)?;
+        let text = crate::text::load(&files)?;
         let (index, mut source) = crate::weights::open_dir(dir)?;
-        let engine = Engine::load(config, &index, &mut source, tokenizer.id_count() as usize, opts, progress).await?;
-        let generation_config = read("generation_config.json")?;
-        Ok(Session::new(engine, tokenizer, template, generation_config.as_deref()))
+        let sample_vocab = text.tokenizer.id_count() as usize;
+        let engine = Engine::load(config, &index, &mut source, sample_vocab, opts, progress).await?;
+        let generation_config = files.read(GENERATION_CONFIG)?;
+        Ok(Session::new(engine, text, generation_config.as_deref()))
     }
 
     /// Token ids of a chat, rendered with the model's own template. User text can never
@@ -118,17 +95,10 @@ impl Session {
         req: &CompletionRequest,
         on_event: &mut dyn FnMut(&TextEvent) -> bool,
     ) -> Result<Completion> {
-        let think = self.tokenizer.think_ids();
         // Inside an open <think> block when the prompt's last think tag is an opening one.
-        let open = think
-            .map(|(open_id, close_id)| {
-                let last_open = prompt.iter().rposition(|&t| t == open_id);
-                let last_close = prompt.iter().rposition(|&t| t == close_id);
-                last_open > last_close
-            })
-            .unwrap_or(false);
+        let open = prompt_ends_in_think(prompt, self.tokenizer.think_ids());
         let mut decoder = StreamDecoder::new();
-        let mut splitter = ThinkSplitter::new(think, open);
+        let mut splitter = ThinkSplitter::for_tokenizer(&self.tokenizer, open);
         let mut stop = StopMatcher::new(req.stop.clone());
         let mut out = Completion::default();
         let tokenizer = &self.tokenizer;
@@ -177,31 +147,6 @@ impl Session {
         out.generation = generation;
         Ok(out)
     }
-}
-
-/// The tokenizer and chat template of a model from its files' contents: the template from
-/// chat_template.jinja, else from tokenizer_config.json (older releases). `origin` prefixes the
-/// file names in errors (a directory natively, nothing in the browser).
-pub fn text_files(
-    tokenizer_json: &str,
-    tokenizer_config: Option<&str>,
-    chat_template: Option<String>,
-    origin: &str,
-) -> Result<(Tokenizer, Option<ChatTemplate>)> {
-    let tokenizer = Tokenizer::from_bytes(tokenizer_json.as_bytes(), tokenizer_config.map(str::as_bytes))
-        .map_err(|e| Error::Text(format!("{origin}tokenizer.json: {e}")))?;
-    let template_src = match chat_template {
-        Some(t) => Some((t, "chat_template.jinja")),
-        None => tokenizer_config
-            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-            .and_then(|v| v.get("chat_template").and_then(|t| t.as_str()).map(String::from))
-            .map(|t| (t, "tokenizer_config.json")),
-    };
-    let template = template_src
-        .map(|(t, file)| ChatTemplate::for_tokenizer(&t, &tokenizer).map(|t| t.named(format!("{origin}{file}"))))
-        .transpose()
-        .map_err(|e| Error::Text(format!("{origin}chat template: {e}")))?;
-    Ok((tokenizer, template))
 }
 
 /// generation_config.json's sampling fields (Qwen3: temperature 0.6, top_p 0.95, top_k 20).

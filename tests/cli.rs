@@ -967,6 +967,49 @@ fn generate_prompt_cannot_inject_special_tokens() {
     assert_eq!(v["prompt_tokens"].as_u64(), Some(as_control), "--raw honours special tokens: {v}");
 }
 
+/// Older releases keep the chat template in tokenizer_config.json, some as a list of named
+/// templates: the CLI (through `text::load`, as the browser) takes the one named "default" and
+/// renders exactly what chat_template.jinja gave.
+#[test]
+fn generate_prompt_with_named_templates_in_tokenizer_config() {
+    let Some(dir) = fixture(BASE) else { return };
+    let args = |model: &Path| {
+        let v = ["generate", "--model", s(model), "--prompt", "hi", "--max-tokens", "2", "--seed", "3", "--json"];
+        v.map(String::from)
+    };
+    let want = webqwen(&args(&dir)).ok().json();
+    let tmp = copy_model(&dir, "named-templates");
+    let jinja = std::fs::read_to_string(tmp.join("chat_template.jinja")).unwrap();
+    std::fs::remove_file(tmp.join("chat_template.jinja")).unwrap();
+    let mut config = read_json(&tmp.join("tokenizer_config.json"));
+    config["chat_template"] = serde_json::json!([
+        {"name": "tool_use", "template": "{{ raise_exception('not this one') }}"},
+        {"name": "default", "template": jinja},
+    ]);
+    std::fs::write(tmp.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let got = webqwen(&args(tmp.path())).ok().json();
+    assert_eq!(got["prompt_tokens"], want["prompt_tokens"], "{got}");
+    assert_eq!(got["tokens"], want["tokens"], "{got}");
+    // Without a template named "default" the model has none: --raw still works, a chat does not.
+    config["chat_template"] = serde_json::json!([{"name": "tool_use", "template": jinja}]);
+    std::fs::write(tmp.join("tokenizer_config.json"), config.to_string()).unwrap();
+    webqwen(&args(tmp.path())).fails_with(&["no chat template"]);
+    let mut raw = args(tmp.path()).to_vec();
+    raw.push("--raw".into());
+    webqwen(&raw).ok();
+}
+
+/// tokenizer_config.json is one of the files every model has (`files::REQUIRED`): natively, as
+/// the hub client and the browser already required.
+#[test]
+fn bad_model_missing_tokenizer_config() {
+    let Some(dir) = fixture(BASE) else { return };
+    let tmp = copy_model(&dir, "no-tokenizer-config");
+    std::fs::remove_file(tmp.join("tokenizer_config.json")).unwrap();
+    webqwen(&["generate", "--model", s(tmp.path()), "--token-ids", "1,2,3", "--max-tokens", "1"])
+        .fails_with(&["tokenizer_config.json"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hardening (issue 9): hostile configs, shard indexes and templates; a chat that survives errors
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use webqwen::engine::LoadOptions;
 use webqwen::model::KvCache;
 use webqwen::sample::SamplingParams;
 use webqwen::session::Session;
+use webqwen::text::QWEN3_ID_COUNT;
 
 const REL_L2_MAX: f64 = 1e-2;
 const MARGIN_FRACTION: f32 = 1e-2;
@@ -235,7 +236,7 @@ fn tokenizer_matches_python() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer");
     let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
     let config = std::fs::read(dir.join("tokenizer_config.json")).ok();
-    let tok = webqwen::tokenizer::Tokenizer::from_bytes(&json, config.as_deref()).unwrap();
+    let tok = webqwen::text::Tokenizer::from_bytes(&json, config.as_deref()).unwrap();
     let cases = reference["cases"].as_array().unwrap();
     assert!(cases.len() >= 15);
     for c in cases {
@@ -263,7 +264,8 @@ fn weights_pushed_in_odd_chunks_load_identically() {
         let config =
             webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let (index, _) = webqwen::weights::open_dir(&dir).unwrap();
-        let mut loading = pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &opts)).unwrap();
+        let mut loading =
+            pollster::block_on(webqwen::engine::Engine::prepare(config, &index, QWEN3_ID_COUNT, &opts)).unwrap();
         let sizes = [1usize, 3, 7, 4096, 5, 65_537, 2, 1 << 20, 13];
         let mut chunks = 0;
         for (f, file) in index.files.iter().enumerate() {
@@ -293,7 +295,8 @@ fn weights_pushed_incompletely_are_an_error() {
     let config = webqwen::ModelConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let (index, _) = webqwen::weights::open_dir(&dir).unwrap();
     let mut loading =
-        pollster::block_on(webqwen::engine::Engine::prepare(config, &index, 151669, &LoadOptions::default())).unwrap();
+        pollster::block_on(webqwen::engine::Engine::prepare(config, &index, QWEN3_ID_COUNT, &LoadOptions::default()))
+            .unwrap();
     let bytes = std::fs::read(&index.files[0]).unwrap();
     loading.write(0, 0, &bytes[..bytes.len() - 1000]).unwrap();
     let err = loading.finish().err().expect("a truncated stream must fail");

@@ -47,7 +47,7 @@ impl Gpu {
             })
             .await
             .map_err(|e| {
-                Error::Gpu(format!(
+                Error::NoAdapter(format!(
                     "no GPU adapter found ({e}). Natively webqwen needs Vulkan, Metal or DX12 \
                      (on Linux without a GPU: apt-get install mesa-vulkan-drivers); in a browser it needs WebGPU"
                 ))

@@ -3,7 +3,11 @@
 //! `Engine`/`Session`: everything model-related is the same code as natively.
 //!
 //! Errors reach JS as `Error` objects whose `name` says what went wrong: `WebGPUUnavailable`,
-//! `LimitsTooSmall`, `BadModel`, `InvalidRequest`, `EngineError`.
+//! `LimitsTooSmall`, `BadModel`, `InvalidRequest`, `ContextExceeded`, `EngineError`.
+//!
+//! What Rust and JS both need to know is defined here once and exported: which files a model
+//! has (`modelFiles`), the safetensors header length (`headerLength`), the shard list
+//! (`ModelLoader.weightFiles`), finish reasons and tokens per second (on the last delta).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,20 +17,21 @@ use futures_util::StreamExt;
 use sha2::Digest;
 use wasm_bindgen::prelude::*;
 
-use crate::chat::{Message, TextEvent};
 use crate::config::ModelConfig;
-use crate::engine::{Engine as CoreEngine, LoadOptions, Loading};
+use crate::engine::{Engine as CoreEngine, LoadOptions, Loading, StopReason};
 use crate::error::Error;
+use crate::files::{InMemory, TextFiles, CONFIG, GENERATION_CONFIG, OPTIONAL, REQUIRED, SINGLE_WEIGHTS, WEIGHTS_INDEX};
 use crate::gpu::{Gpu, GpuOptions};
 use crate::model::{KvCache, ModelOptions};
 use crate::sample::SamplingOverrides;
-use crate::session::{text_files, CompletionRequest, Session};
-use crate::weights::WeightIndex;
+use crate::session::{CompletionRequest, Session};
+use crate::text::{Message, Text, TextEvent};
+use crate::weights::{ShardIndex, WeightIndex};
 
 /// The JS error name of an error's kind.
 fn error_name(e: &Error) -> &'static str {
     match e {
-        Error::Gpu(m) if m.contains("no GPU adapter") => "WebGPUUnavailable",
+        Error::NoAdapter(_) => "WebGPUUnavailable",
         Error::Gpu(_) => "EngineError",
         Error::Limit(_) => "LimitsTooSmall",
         Error::Context(_) => "ContextExceeded",
@@ -112,6 +117,31 @@ impl Default for Sha256 {
     }
 }
 
+/// The text files of a model: `{required, optional}`, arrays of file names. The worker fetches
+/// these and hands them to `ModelLoader.create`.
+#[wasm_bindgen(js_name = modelFiles)]
+pub fn model_files() -> JsValue {
+    to_js(&serde_json::json!({ "required": REQUIRED, "optional": OPTIONAL }))
+}
+
+/// How many bytes the worker must read from the start of safetensors file `file` to hold its
+/// header: 8 + the header length that its first 8 bytes state. `size`: the file's size when the
+/// server stated one (a header longer than the file is then an error here).
+#[wasm_bindgen(js_name = headerLength)]
+pub fn header_length(file: String, first8: &[u8], size: Option<f64>) -> Result<f64, JsValue> {
+    let prefix: [u8; 8] =
+        first8.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("need the first 8 bytes"))?;
+    let n = crate::weights::header_len(&file, &prefix, size.map_or(u64::MAX, |s| s as u64)).map_err(js_error)?;
+    Ok((8 + n) as f64)
+}
+
+/// The `finish_reason` of an answer whose caller cancelled it (the others arrive with the last
+/// delta).
+#[wasm_bindgen(js_name = abortFinishReason)]
+pub fn abort_finish_reason() -> String {
+    StopReason::Caller.finish_reason(true).into()
+}
+
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct LoaderOptions {
@@ -122,11 +152,14 @@ struct LoaderOptions {
     kv_cache: KvCache,
 }
 
-/// Loads one model: headers first (`addHeader`), then `plan()` allocates the GPU buffers, then the
-/// weight bytes stream in (`write`), then `finish()` gives the engine.
+/// Loads one model: its text files first (`create`), then the weight files' headers
+/// (`addHeader`), then `plan()` allocates the GPU buffers, then the weight bytes stream in
+/// (`write`), then `finish()` gives the engine.
 #[wasm_bindgen]
 pub struct ModelLoader {
     config: ModelConfig,
+    files: InMemory,
+    text: Option<Text>,
     options: LoadOptions,
     index: WeightIndex,
     sizes: Vec<u64>,
@@ -135,9 +168,22 @@ pub struct ModelLoader {
 
 #[wasm_bindgen]
 impl ModelLoader {
-    /// `options`: `{ maxStorageBinding?, context?, kvCache? }`.
-    pub async fn create(config_json: String, options: JsValue) -> Result<ModelLoader, JsValue> {
-        let config = ModelConfig::from_json(&config_json).map_err(js_error)?;
+    /// `files`: the model's text files by name (`modelFiles()`; a missing optional one absent or
+    /// null). `options`: `{ maxStorageBinding?, context?, kvCache? }`. The config, tokenizer and
+    /// chat template are checked here, before any weight byte is fetched.
+    pub async fn create(files: JsValue, options: JsValue) -> Result<ModelLoader, JsValue> {
+        let mut texts = InMemory::default();
+        for name in REQUIRED.iter().chain(OPTIONAL.iter()) {
+            let v = js_sys::Reflect::get(&files, &JsValue::from_str(name))
+                .map_err(|_| invalid("files must be an object"))?;
+            if v.is_undefined() || v.is_null() {
+                continue;
+            }
+            let text = v.as_string().ok_or_else(|| invalid(format!("files[{name:?}] must be a string")))?;
+            texts.insert(*name, text);
+        }
+        let config = ModelConfig::from_json(&texts.require(CONFIG).map_err(js_error)?).map_err(js_error)?;
+        let text = crate::text::load(&texts).map_err(js_error)?;
         let opts: LoaderOptions = if options.is_undefined() || options.is_null() {
             LoaderOptions::default()
         } else {
@@ -148,21 +194,29 @@ impl ModelLoader {
             gpu: GpuOptions { max_storage_binding: opts.max_storage_binding, ..Default::default() },
             model: ModelOptions { context: opts.context, kv_cache: opts.kv_cache, ..Default::default() },
         };
-        Ok(ModelLoader { config, options, index: WeightIndex::default(), sizes: Vec::new(), loading: None })
+        Ok(ModelLoader {
+            config,
+            files: texts,
+            text: Some(text),
+            options,
+            index: WeightIndex::default(),
+            sizes: Vec::new(),
+            loading: None,
+        })
     }
 
-    /// 8 + the header length of a safetensors file, from its first 8 bytes.
-    #[wasm_bindgen(js_name = headerLength)]
-    pub fn header_length(&self, first8: &[u8]) -> Result<f64, JsValue> {
-        let prefix: [u8; 8] =
-            first8.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| invalid("need the first 8 bytes"))?;
-        let n = u64::from_le_bytes(prefix);
-        if n > 100_000_000 {
-            return Err(js_error(Error::Config(format!(
-                "not a safetensors file (its header length would be {n} bytes)"
-            ))));
+    /// The weight files to fetch, in order: the shards the index names (plain `*.safetensors`
+    /// names, each once), or the single weight file of a model without an index.
+    #[wasm_bindgen(js_name = weightFiles)]
+    pub fn weight_files(&self) -> Result<Vec<String>, JsValue> {
+        let Some(index) = self.files.read(WEIGHTS_INDEX).map_err(js_error)? else {
+            return Ok(vec![SINGLE_WEIGHTS.to_string()]);
+        };
+        let files = ShardIndex::parse(&index).map_err(|m| js_error(Error::weights(WEIGHTS_INDEX, m)))?.files();
+        if files.is_empty() {
+            return Err(js_error(Error::weights(WEIGHTS_INDEX, "lists no weight files")));
         }
-        Ok((8 + n) as f64)
+        Ok(files)
     }
 
     /// The first `headerLength` bytes of weight file `file`, and its size when the server stated
@@ -197,9 +251,12 @@ impl ModelLoader {
         if self.index.files.is_empty() {
             return Err(invalid("plan() before any addHeader"));
         }
-        // The tokenizer's ids end at 151669 for every Qwen3; rows past it are never sampled.
-        let loading =
-            CoreEngine::prepare(self.config.clone(), &self.index, 151_669, &self.options).await.map_err(js_error)?;
+        let text = self.text.as_ref().ok_or_else(|| invalid("plan() after finish()"))?;
+        // Rows past the tokenizer's ids (padding of the embedding table) are never sampled.
+        let sample_vocab = text.tokenizer.id_count() as usize;
+        let loading = CoreEngine::prepare(self.config.clone(), &self.index, sample_vocab, &self.options)
+            .await
+            .map_err(js_error)?;
         let (weight_bytes, _) = loading.model().weight_bytes();
         let plan = serde_json::json!({
             "gpuBytes": loading.model().gpu.allocated_bytes(),
@@ -232,18 +289,12 @@ impl ModelLoader {
     }
 
     /// Check every tensor arrived and build the engine with its tokenizer and chat template.
-    pub async fn finish(
-        &mut self,
-        tokenizer_json: String,
-        tokenizer_config_json: Option<String>,
-        chat_template: Option<String>,
-        generation_config_json: Option<String>,
-    ) -> Result<Engine, JsValue> {
+    pub async fn finish(&mut self) -> Result<Engine, JsValue> {
         let loading = self.loading.take().ok_or_else(|| invalid("finish() before plan()"))?;
-        let (tokenizer, template) =
-            text_files(&tokenizer_json, tokenizer_config_json.as_deref(), chat_template, "").map_err(js_error)?;
+        let text = self.text.take().ok_or_else(|| invalid("finish() twice"))?;
         let engine = loading.finish().map_err(js_error)?;
-        let session = Session::new(engine, tokenizer, template, generation_config_json.as_deref());
+        let generation_config = self.files.read(GENERATION_CONFIG).map_err(js_error)?;
+        let session = Session::new(engine, text, generation_config.as_deref());
         Ok(Engine { session: Rc::new(RefCell::new(session)), events: Rc::default(), cancel: Rc::default() })
     }
 }
@@ -333,8 +384,11 @@ impl Engine {
             .borrow_mut()
             .take()
             .ok_or_else(|| invalid("next() without start(), or while another next() is pending"))?;
-        let delta =
-            rx.next().await.unwrap_or(Delta { done: true, finish_reason: Some("abort".into()), ..Default::default() });
+        let delta = rx.next().await.unwrap_or(Delta {
+            done: true,
+            finish_reason: Some(abort_finish_reason()),
+            ..Default::default()
+        });
         if !delta.done {
             *self.events.borrow_mut() = Some(rx);
         }
@@ -388,24 +442,17 @@ async fn run_completion(
     match s.complete(&prompt, &request, &mut on_event).await {
         Ok(done) => {
             let g = &done.generation;
-            let finish = if cancel.get() {
-                "abort"
-            } else {
-                match g.stop {
-                    crate::engine::StopReason::Length | crate::engine::StopReason::Context => "length",
-                    _ => "stop",
-                }
-            };
             Delta {
                 done: true,
-                finish_reason: Some(finish.into()),
+                finish_reason: Some(g.stop.finish_reason(cancel.get()).into()),
                 usage: Some(serde_json::json!({
                     "prompt_tokens": g.prompt_tokens, "completion_tokens": g.tokens.len(),
                     "total_tokens": g.prompt_tokens + g.tokens.len(),
                 })),
                 timings: Some(serde_json::json!({
                     "prefill_seconds": g.prefill_seconds, "decode_seconds": g.decode_seconds,
-                    "decode_tokens_per_second": g.tokens.len().saturating_sub(1) as f64 / g.decode_seconds.max(1e-9),
+                    "prefill_tokens_per_second": g.prefill_tokens_per_second(),
+                    "decode_tokens_per_second": g.decode_tokens_per_second(),
                 })),
                 tokens: Some(g.tokens.clone()),
                 ..Default::default()

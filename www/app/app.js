@@ -505,13 +505,12 @@ async function send() {
   updateComposer();
   scrollToEnd(true);
 
-  let chunks = 0;
-  let firstAt = 0;
+  let usage = null;
   let frame = 0;
+  ui.speed.textContent = ''; // the engine reports this answer's rate when it ends
   const paint = () => {
     frame = 0;
     updateAssistant(view, answer);
-    if (chunks > 1) ui.speed.textContent = `${((chunks - 1) / ((performance.now() - firstAt) / 1000)).toFixed(1)} tok/s`;
     scrollToEnd();
   };
   try {
@@ -527,12 +526,14 @@ async function send() {
       const choice = chunk.choices[0];
       const { content, reasoning_content: reasoning } = choice.delta;
       if (content || reasoning) {
-        if (!chunks++) firstAt = performance.now();
         if (reasoning) answer.reasoning += reasoning;
         if (content) answer.content += content;
         frame ||= requestAnimationFrame(paint);
       }
-      if (choice.finish_reason) answer.meta = describeFinish(choice.finish_reason, chunk.usage);
+      if (choice.finish_reason) {
+        usage = chunk.usage;
+        answer.meta = describeFinish(choice.finish_reason, usage);
+      }
     }
   } catch (e) {
     console.error(e);
@@ -543,19 +544,25 @@ async function send() {
     state.genAbort = null;
     view.classList.remove('streaming', 'thinking-now');
     updateAssistant(view, answer);
-    ui.speed.textContent = answer.meta.includes('tok/s') ? answer.meta.split(' · ').find((s) => s.includes('tok/s')) : '';
+    ui.speed.textContent = speedText(usage);
     updateComposer();
     saveConversation();
     if (matchMedia('(pointer: fine)').matches) ui.input.focus({ preventScroll: true });
   }
 }
 
+/** The decode rate as the engine reports it (`usage.extra.decode_tokens_per_s`), or ''. */
+function speedText(usage) {
+  const tps = usage?.extra?.decode_tokens_per_s;
+  return tps ? `${tps.toFixed(1)} tok/s` : '';
+}
+
 function describeFinish(reason, usage) {
   const parts = [];
   if (usage) {
     parts.push(`${usage.completion_tokens} tokens`);
-    const tps = usage.extra?.decode_tokens_per_s;
-    if (tps) parts.push(`${tps.toFixed(1)} tok/s`);
+    const speed = speedText(usage);
+    if (speed) parts.push(speed);
   }
   if (reason === 'abort') parts.push('stopped');
   if (reason === 'length') parts.push('length limit reached');

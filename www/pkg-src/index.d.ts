@@ -102,9 +102,13 @@ export interface CompletionUsage {
   completion_tokens: number;
   total_tokens: number;
   extra: {
+    /** Seconds from the request to its end, as the page sees them. */
     e2e_latency_s: number;
+    /** Seconds from the request to the first text, as the page sees them. */
     time_to_first_token_s?: number;
+    /** Prompt tokens per second of prefill, as the engine measured it. */
     prefill_tokens_per_s?: number;
+    /** Generated tokens per second after the first, as the engine measured it. */
     decode_tokens_per_s?: number;
     /** Timings as measured by the engine itself, when it reports them. */
     engine?: Record<string, unknown>;

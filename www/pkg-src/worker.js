@@ -2,6 +2,10 @@
 // weights into the wasm ModelLoader, and runs generations. Started by index.js as a
 // dedicated module worker so that neither downloading nor the engine ever blocks the page.
 //
+// What the model's files are, how a safetensors header and a shard index read, what a
+// finish_reason or a token rate is: the wasm module says (Rust defines each once). This side
+// keeps the network and the storage.
+//
 // Protocol (all messages are plain objects):
 //   page -> worker  {type: 'load', options}          one per worker
 //                   {type: 'abort-load'}
@@ -26,12 +30,7 @@ const CACHE_READ_BYTES = 8 << 20;
 // number of crossings into wasm, GPU queue writes and storage writes by ~30x for the
 // price of one bounded copy.
 const BLOCK_BYTES = 1 << 20;
-const MAX_HEADER_BYTES = 100_000_000 + 8; // the safetensors format's own header limit
 const MAX_FAILURES = 5; // consecutive failed attempts (no bytes received) before giving up
-const SMALL_FILES = [
-  'config.json', 'model.safetensors.index.json', 'tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja',
-  'generation_config.json',
-];
 const PROGRESS_INTERVAL_MS = 100;
 const SPEED_WINDOW_MS = 3000;
 
@@ -170,6 +169,7 @@ class ModelLoad {
     if (maxStorageBinding != null) this.loaderOptions.maxStorageBinding = maxStorageBinding;
     if (kvCache != null) this.loaderOptions.kvCache = kvCache;
     this.files = new Map(); // name -> open StoredFile
+    this.textFiles = wasm.modelFiles(); // {required, optional}: names of the model's text files
     this.listing = null; // promise of the hub's file listing, fetched at most once
     this.noRanges = false; // set when the server answered a Range request wrongly
   }
@@ -182,19 +182,17 @@ class ModelLoad {
       // Files kept from an earlier version are checked against the hub's listing: without
       // it, fail before anything is touched.
       if (Object.values(this.manifest.files).some((e) => e.legacy) && !(await this.hubListing())) throw this.legacyError();
-      const config = await this.small('config.json', true);
-      const index = await this.small('model.safetensors.index.json', false);
-      const tokenizer = await this.small('tokenizer.json', true);
-      const tokenizerConfig = await this.small('tokenizer_config.json', true);
-      const chatTemplate = await this.small('chat_template.jinja', false);
-      const generationConfig = await this.small('generation_config.json', false);
-      const weights = weightFiles(index);
+      // The text files (config, tokenizer, template, shard index, ...) as the wasm module
+      // lists them. The loader checks them before any weight is fetched and names the weight
+      // files; the adapter's limits decide whether this model can run at all, and plan() says
+      // so after only the headers are fetched.
+      const texts = {};
+      for (const name of this.textFiles.required) texts[name] = await this.small(name, true);
+      for (const name of this.textFiles.optional) texts[name] = await this.small(name, false);
+      loader = await wasmCall(() => wasm.ModelLoader.create(texts, this.loaderOptions));
+      const weights = wasmCall(() => loader.weightFiles());
       this.manifest.weights = weights;
       await this.saveManifest();
-
-      // Create the device before downloading: the adapter's limits decide whether this
-      // model can run at all, and plan() says so after only the headers are fetched.
-      loader = await wasmCall(() => wasm.ModelLoader.create(config, this.loaderOptions));
       await this.hubMetadata(weights);
       await this.verifyLegacy(weights);
       for (const name of weights) await this.header(name, loader);
@@ -210,12 +208,12 @@ class ModelLoad {
 
       this.progress.emit('compile', null, true);
       finishing = true;
-      const engine = await wasmCall(() => loader.finish(tokenizer, tokenizerConfig, chatTemplate, generationConfig));
+      const engine = await wasmCall(() => loader.finish());
       this.manifest.complete = true;
       await this.saveManifest();
       loadedFiles = {};
       for (const [name, e] of Object.entries(this.manifest.files)) {
-        if (!e.absent && (weights.includes(name) || SMALL_FILES.includes(name))) loadedFiles[name] = { size: e.size, verified: e.verified ?? null };
+        if (!e.absent && (weights.includes(name) || Object.hasOwn(texts, name))) loadedFiles[name] = { size: e.size, verified: e.verified ?? null };
       }
       return engine;
     } catch (e) {
@@ -355,7 +353,7 @@ class ModelLoad {
         await this.saveManifest();
         return null;
       }
-      throw new BadModelError(`${name} was not found at ${url}. Is "${this.source.id}" a Qwen3 model in MLX format (config.json, tokenizer.json, *.safetensors)?`, { file: name, url });
+      throw new BadModelError(`${name} was not found at ${url}. Is "${this.source.id}" a Qwen3 model in MLX format (${this.textFiles.required.join(', ')}, *.safetensors)?`, { file: name, url });
     }
     if (!res.ok) throw statusError(name, url, res.status);
     const bytes = new Uint8Array(await res.arrayBuffer());
@@ -545,12 +543,9 @@ class ModelLoad {
     const first8 = await this.prefix(name, f, 8);
     let n;
     try {
-      n = Number(loader.headerLength(first8));
+      n = Number(wasm.headerLength(name, first8, entry.size ?? undefined));
     } catch (e) {
-      throw new BadModelError(`${name} is not a safetensors file: ${normalizeError(e).message}`, { file: name });
-    }
-    if (!(n > 8 && n <= MAX_HEADER_BYTES) || (entry.size != null && n > entry.size)) {
-      throw new BadModelError(`${name} is not a valid safetensors file (header length ${n}).`, { file: name });
+      throw new BadModelError(normalizeError(e).message, { file: name });
     }
     const header = await this.prefix(name, f, n);
     wasmCall(() => loader.addHeader(name, header, entry.size ?? undefined));
@@ -837,13 +832,14 @@ async function runGeneration(id, request) {
   }
   const gen = { id, cancelled: pendingCancels.delete(id) };
   generation = gen;
+  const aborted = wasm.abortFinishReason();
   const t0 = performance.now();
   let tFirst = null;
   let cancelSent = false;
   let stepsAfterCancel = 0;
   try {
     if (gen.cancelled) {
-      post({ type: 'done', id, finish_reason: 'abort', usage: usageOf(null, t0, null) });
+      post({ type: 'done', id, finish_reason: aborted, usage: usageOf(null, t0, null) });
       return;
     }
     wasmCall(() => engine.start(JSON.stringify(request)));
@@ -858,14 +854,14 @@ async function runGeneration(id, request) {
         post({ type: 'delta', id, reasoning: step.reasoning || '', content: step.content || '' });
       }
       if (step.done) {
-        const reason = gen.cancelled ? 'abort' : (step.finish_reason || 'stop');
+        const reason = gen.cancelled ? aborted : step.finish_reason;
         post({ type: 'done', id, finish_reason: reason, usage: usageOf(step, t0, tFirst) });
         return;
       }
       // cancel() is meant to end the generation at the next step; never spin on an engine
       // that keeps going.
       if (cancelSent && ++stepsAfterCancel > 4) {
-        post({ type: 'done', id, finish_reason: 'abort', usage: usageOf(step, t0, tFirst) });
+        post({ type: 'done', id, finish_reason: aborted, usage: usageOf(step, t0, tFirst) });
         return;
       }
     }
@@ -876,19 +872,20 @@ async function runGeneration(id, request) {
   }
 }
 
+/**
+ * OpenAI's usage, plus `extra`: latencies as this side sees them, and token rates as the
+ * engine measured them (`engine::Generation` defines them; the last delta carries them).
+ */
 function usageOf(step, t0, tFirst) {
   const prompt = Number(step?.usage?.prompt_tokens) || 0;
   const completion = Number(step?.usage?.completion_tokens) || 0;
   const tEnd = performance.now();
   const extra = { e2e_latency_s: (tEnd - t0) / 1000 };
-  if (tFirst != null) {
-    const ttft = (tFirst - t0) / 1000;
-    extra.time_to_first_token_s = ttft;
-    if (ttft > 0 && prompt > 0) extra.prefill_tokens_per_s = prompt / ttft;
-    const decodeS = (tEnd - tFirst) / 1000;
-    if (completion > 1 && decodeS > 0) extra.decode_tokens_per_s = (completion - 1) / decodeS;
-  }
-  if (step?.timings) extra.engine = step.timings;
+  if (tFirst != null) extra.time_to_first_token_s = (tFirst - t0) / 1000;
+  const timings = step?.timings;
+  if (timings?.prefill_tokens_per_second > 0) extra.prefill_tokens_per_s = timings.prefill_tokens_per_second;
+  if (timings?.decode_tokens_per_second > 0) extra.decode_tokens_per_s = timings.decode_tokens_per_second;
+  if (timings) extra.engine = timings;
   // webqwen extension: the generated token ids (tests compare them with the native engine)
   if (step?.tokens) extra.token_ids = step.tokens;
   return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, extra };
@@ -979,26 +976,6 @@ async function closeAndDecode(job, name, bytes) {
   job.files.delete(name);
   await f?.close().catch(() => {});
   return new TextDecoder().decode(bytes);
-}
-
-function weightFiles(indexText) {
-  if (indexText == null) return ['model.safetensors'];
-  let index;
-  try {
-    index = JSON.parse(indexText);
-  } catch (e) {
-    throw new BadModelError(`model.safetensors.index.json is not valid JSON: ${e.message}`);
-  }
-  const map = index?.weight_map;
-  if (!map || typeof map !== 'object') throw new BadModelError('model.safetensors.index.json has no weight_map.');
-  const files = [...new Set(Object.values(map))].sort();
-  for (const name of files) {
-    if (typeof name !== 'string' || !name.endsWith('.safetensors') || name.startsWith('/') || name.split('/').includes('..')) {
-      throw new BadModelError(`model.safetensors.index.json names an unexpected weight file: ${JSON.stringify(name)}`);
-    }
-  }
-  if (!files.length) throw new BadModelError('model.safetensors.index.json lists no weight files.');
-  return files;
 }
 
 /** A version-1 manifest of a URL model, as version 2 (see ModelLoad.readManifest). */

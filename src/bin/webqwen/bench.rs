@@ -39,7 +39,7 @@ pub async fn bench(args: BenchArgs) -> Result<()> {
         let config = ModelConfig::from_json(&webqwen::weights::synthetic::config_json(&shape, layers)?)?;
         let (index, mut source) = webqwen::weights::synthetic::synthetic(&config);
         let bar = progress_bar("generating weights");
-        let engine = Engine::load(config, &index, &mut source, 151669, &opts, &mut |d, t| {
+        let engine = Engine::load(config, &index, &mut source, webqwen::text::QWEN3_ID_COUNT, &opts, &mut |d, t| {
             bar.set_length(t);
             bar.set_position(d);
         })

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use webqwen::chat::{Message, TextEvent};
 use webqwen::session::{CompletionRequest, Session};
+use webqwen::text::{Message, TextEvent};
 
 use crate::args::{load_session, ModelArgs, SamplingArgs};
 
@@ -137,12 +137,7 @@ pub async fn chat(args: ChatArgs) -> Result<()> {
             }
         };
         let g = &done.generation;
-        eprintln!(
-            "\n[{} tokens, {:.1} tok/s, {}]",
-            g.tokens.len(),
-            (g.tokens.len().saturating_sub(1)) as f64 / g.decode_seconds.max(1e-9),
-            g.stop.describe()
-        );
+        eprintln!("\n[{} tokens, {:.1} tok/s, {}]", g.tokens.len(), g.decode_tokens_per_second(), g.stop.describe());
         let mut reply = Message::new("assistant", &done.content);
         if !done.reasoning.is_empty() {
             reply.reasoning_content = Some(done.reasoning.clone());

@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use webqwen::chat::{Message, TextEvent};
 use webqwen::session::CompletionRequest;
+use webqwen::text::{Message, TextEvent};
 
 use crate::args::{load_session, ModelArgs, SamplingArgs};
 
@@ -64,7 +64,7 @@ pub async fn generate(args: GenerateArgs) -> Result<()> {
         })
         .await?;
     let g = &done.generation;
-    let decode_tps = g.tokens.len().saturating_sub(1) as f64 / g.decode_seconds.max(1e-9);
+    let decode_tps = g.decode_tokens_per_second();
     if json {
         let v = serde_json::json!({
             "tokens": g.tokens,
@@ -76,7 +76,7 @@ pub async fn generate(args: GenerateArgs) -> Result<()> {
             "timings": {
                 "prefill_seconds": g.prefill_seconds,
                 "decode_seconds": g.decode_seconds,
-                "prefill_tokens_per_second": g.prompt_tokens as f64 / g.prefill_seconds.max(1e-9),
+                "prefill_tokens_per_second": g.prefill_tokens_per_second(),
                 "decode_tokens_per_second": decode_tps,
             },
         });

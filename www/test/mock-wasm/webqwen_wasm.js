@@ -150,21 +150,54 @@ export class Sha256 {
 }
 
 // ---------------------------------------------------------------------------------------
+// What Rust defines once and exports (src/files.rs, src/weights, engine::StopReason)
+
+export function modelFiles() {
+  return {
+    required: ['config.json', 'tokenizer.json', 'tokenizer_config.json'],
+    optional: ['generation_config.json', 'chat_template.jinja', 'model.safetensors.index.json'],
+  };
+}
+
+export function headerLength(file, first8, size) {
+  if (!(first8 instanceof Uint8Array) || first8.length < 8) throw namedError('InvalidRequest', 'need the first 8 bytes');
+  const view = new DataView(first8.buffer, first8.byteOffset, 8);
+  const n = view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
+  if (n > 100_000_000) throw namedError('BadModel', `${file}: not a safetensors file (its header length would be ${n} bytes)`);
+  if (size != null && 8 + n > size) throw namedError('BadModel', `${file}: file is truncated: its header alone needs ${8 + n} bytes but the file has ${size}`);
+  return 8 + n;
+}
+
+export function abortFinishReason() {
+  return 'abort';
+}
+
+// ---------------------------------------------------------------------------------------
 // Loader
 
 const DTYPE_BYTES = { F32: 4, F16: 2, BF16: 2, U32: 4, I32: 4, U8: 1, I8: 1 };
 
 export class ModelLoader {
-  static async create(configJson, options = {}) {
+  static async create(files, options = {}) {
     assertReady();
+    for (const name of modelFiles().required) {
+      if (typeof files?.[name] !== 'string') throw namedError('BadModel', `the model has no ${name}`);
+    }
     let config;
     try {
-      config = JSON.parse(configJson);
+      config = JSON.parse(files['config.json']);
     } catch (e) {
       throw namedError('BadModel', `config.json is not JSON: ${e.message}`);
     }
     if (!['qwen3', 'qwen3_moe'].includes(config.model_type)) {
       throw namedError('BadModel', `model_type ${JSON.stringify(config.model_type)} is not supported (qwen3, qwen3_moe)`);
+    }
+    try {
+      JSON.parse(files['tokenizer.json']);
+      JSON.parse(files['tokenizer_config.json']);
+      if (files['generation_config.json'] != null) JSON.parse(files['generation_config.json']);
+    } catch (e) {
+      throw namedError('BadModel', `tokenizer files: ${e.message}`);
     }
     const mock = config._mock ?? {};
     if (mock.createError) throw namedError(mock.createError, `mock create error ${mock.createError}`);
@@ -175,11 +208,12 @@ export class ModelLoader {
     }
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) throw namedError('WebGPUUnavailable', 'No WebGPU adapter is available (mock).');
-    return new ModelLoader(config, options, adapter);
+    return new ModelLoader(config, files, options, adapter);
   }
 
-  constructor(config, options, adapter) {
+  constructor(config, files, options, adapter) {
     this.config = config;
+    this.files = files;
     this.options = { ...options };
     this.adapterLimits = { maxBufferSize: Number(adapter.limits.maxBufferSize) };
     this.headers = new Map(); // file -> {headerLength, dataBytes, size}
@@ -188,17 +222,25 @@ export class ModelLoader {
     this.freed = false;
   }
 
-  headerLength(first8) {
-    if (!(first8 instanceof Uint8Array) || first8.length < 8) throw namedError('BadModel', 'headerLength needs 8 bytes');
-    const view = new DataView(first8.buffer, first8.byteOffset, 8);
-    const n = view.getUint32(0, true) + view.getUint32(4, true) * 2 ** 32;
-    if (n < 2 || n > 100_000_000) throw namedError('BadModel', `bad safetensors header length ${n}`);
-    return 8 + n;
+  weightFiles() {
+    const index = this.files['model.safetensors.index.json'];
+    if (index == null) return ['model.safetensors'];
+    let map;
+    try {
+      map = JSON.parse(index).weight_map;
+    } catch (e) {
+      throw namedError('BadModel', `model.safetensors.index.json: invalid index: ${e.message}`);
+    }
+    const names = [...new Set(Object.values(map ?? {}))].sort();
+    const bad = names.find((n) => typeof n !== 'string' || !n.endsWith('.safetensors') || /[/\\:]/.test(n) || n.startsWith('.'));
+    if (bad !== undefined) throw namedError('BadModel', `model.safetensors.index.json: names the shard ${JSON.stringify(bad)}`);
+    if (!names.length) throw namedError('BadModel', 'model.safetensors.index.json: lists no weight files');
+    return names;
   }
 
   addHeader(file, header) {
     if (this.planned) throw new Error('addHeader after plan()');
-    const n = this.headerLength(header.subarray(0, 8));
+    const n = headerLength(file, header.subarray(0, 8));
     if (header.length !== n) throw namedError('BadModel', `${file}: header is ${header.length} bytes, expected ${n}`);
     let json;
     try {
@@ -254,18 +296,11 @@ export class ModelLoader {
     r.writes++;
   }
 
-  async finish(tokenizerJson, tokenizerConfigJson, chatTemplate, generationConfigJson) {
+  async finish() {
     if (!this.planned) throw new Error('finish() before plan()');
     for (const [file, r] of this.received) {
       const size = this.headers.get(file).size;
       if (r.next !== size) throw namedError('BadModel', `${file}: only ${r.next} of ${size} bytes arrived`);
-    }
-    try {
-      JSON.parse(tokenizerJson);
-      JSON.parse(tokenizerConfigJson);
-      if (generationConfigJson != null) JSON.parse(generationConfigJson);
-    } catch (e) {
-      throw namedError('BadModel', `tokenizer files: ${e.message}`);
     }
     await new Promise((r) => setTimeout(r, 20)); // "pipeline compilation"
     const received = {};
@@ -273,7 +308,8 @@ export class ModelLoader {
       received[file] = { bytes: r.next, sha256: r.sha.hex(), restarts: r.restarts, writes: r.writes };
     }
     return new Engine(this.config, this.options, received, {
-      hasChatTemplate: chatTemplate != null, hasGenerationConfig: generationConfigJson != null,
+      hasChatTemplate: this.files['chat_template.jinja'] != null,
+      hasGenerationConfig: this.files['generation_config.json'] != null,
     });
   }
 
@@ -331,7 +367,9 @@ export class Engine {
     const usage = { prompt_tokens: this.promptTokens, completion_tokens: this.pos };
     const end = (reason) => {
       this.steps = null;
-      return { reasoning: '', content: '', done: true, finish_reason: reason, usage, timings: { mock: true } };
+      // Made-up rates, as the engine reports its own (engine::Generation).
+      const timings = { mock: true, prefill_tokens_per_second: 1000, decode_tokens_per_second: this.pos > 1 ? 50 : 0 };
+      return { reasoning: '', content: '', done: true, finish_reason: reason, usage, timings };
     };
     if (this.cancelled) return end('abort');
     if (this.pos >= this.steps.length) return end('stop');
